@@ -1,0 +1,1 @@
+"""The `fdamerge` command: a thin shell over fda_core and service."""

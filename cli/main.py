@@ -1,0 +1,24 @@
+"""`fdamerge`: entry point. Each subcommand parses arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli import merge_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fdamerge", description="Merge fine-tuned checkpoints of one base model.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge_command.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Checkpoint I/O: sources, header validation, tensor reads and sharded writes."""

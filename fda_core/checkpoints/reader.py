@@ -1,0 +1,56 @@
+"""Read one tensor at a time with positioned reads into a fresh buffer.
+
+We validate headers ourselves (header.py) and read each tensor's byte range with pread
+instead of safetensors' memory map: pages touched through a map stay resident for as long as
+the file is open, so a streamed merge through safe_open grows to the size of every input
+(measured: +256 MiB RSS for a 256 MiB file), while a pread buffer is freed with its tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from fda_core.checkpoints.header import TensorInfo
+from fda_core.checkpoints.layout import CheckpointLayout
+from fda_core.errors import CheckpointError
+
+
+class TensorReader:
+    """Reads tensors of one checkpoint; files are fetched (downloaded if remote) on first use."""
+
+    def __init__(self, layout: CheckpointLayout) -> None:
+        self.layout = layout
+        self._fds: dict[str, int] = {}
+
+    def read(self, name: str) -> torch.Tensor:
+        info = self.layout.tensors[name]
+        buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        self._read_into(info, buffer)
+        return buffer.view(info.torch_dtype).reshape(info.shape)
+
+    def _read_into(self, info: TensorInfo, buffer: torch.Tensor) -> None:
+        fd = self._fd(info.file)
+        view = memoryview(buffer.numpy())
+        done = 0
+        while done < info.nbytes:
+            got = os.preadv(fd, [view[done:]], info.start + done)
+            if got == 0:
+                raise CheckpointError(
+                    f"{self.layout.describe(info.name)}: truncated while reading tensor '{info.name}' "
+                    f"({done} of {info.nbytes} bytes)"
+                )
+            done += got
+
+    def _fd(self, file: str) -> int:
+        if file not in self._fds:
+            path: Path = self.layout.source.local_path(file)
+            self._fds[file] = os.open(path, os.O_RDONLY)
+        return self._fds[file]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

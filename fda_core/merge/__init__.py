@@ -1,0 +1,1 @@
+"""The merge plan and its entry point `run_merge`."""

@@ -1,0 +1,100 @@
+"""Check a config against its method, and resolve parameters for each tensor."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from fda_core.errors import ConfigError
+from fda_core.merge.settings import layer_position, resolve_setting
+from fda_core.methods import get_method
+from fda_core.methods.base import MergeMethod, ModelParams, Params
+
+if TYPE_CHECKING:
+    from fda_core.config import MergeConfig
+
+
+def check_method_fit(config: MergeConfig) -> None:
+    """Method known, base present if needed, model count, parameter names and values (ValueError)."""
+    try:
+        method = get_method(config.method)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if method.requires_base and not config.base_model:
+        raise ValueError(f"method '{method.name}' needs base_model (the model the experts were fine-tuned from)")
+    _check_model_count(method, len(config.models))
+    known = field_names(method.params_type) | field_names(method.model_params_type)
+    _check_settings(config.parameters, known, "parameters", method, method.params_type)
+    for index, model in enumerate(config.models):
+        where = f"models.{index}.parameters"
+        _check_settings(model.resolved_parameters(), field_names(method.model_params_type), where, method, method.model_params_type)
+
+
+def _check_model_count(method: MergeMethod, count: int) -> None:
+    low, high = method.min_models, method.max_models
+    if count < low or (high is not None and count > high):
+        wanted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+        base = " besides base_model" if method.requires_base else ""
+        raise ValueError(f"method '{method.name}' takes {wanted} model(s){base}, got {count}")
+
+
+def field_names(model: type[BaseModel]) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items()}
+
+
+def _check_settings(settings: dict[str, Any], known: set[str], where: str, method: MergeMethod, owner: type[Params]) -> None:
+    for key, setting in settings.items():
+        if key not in known:
+            raise ValueError(f"{where}.{key}: unknown parameter of '{method.name}'; known: {', '.join(sorted(known))}")
+        target = owner if key in field_names(owner) else method.model_params_type
+        for value in _leaf_values(setting):
+            _validate(target, {key: value}, f"{where}.{key}")
+
+
+def _leaf_values(setting: Any) -> list[Any]:
+    if isinstance(setting, dict):
+        return _leaf_values(setting.get("value"))
+    if isinstance(setting, list):
+        return [leaf for item in setting for leaf in _leaf_values(item)]
+    return [setting]
+
+
+def _validate(model: type[BaseModel], values: dict[str, Any], where: str) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ValueError(f"{where}: {error['msg']} (got {error.get('input')!r})") from None
+
+
+class ParameterResolver:
+    """Method parameters for one tensor, with filters and layer gradients applied."""
+
+    def __init__(self, config: MergeConfig, method: MergeMethod, num_layers: int) -> None:
+        self.method = method
+        self.num_layers = num_layers
+        self.shared = config.parameters
+        self.per_model = [model.resolved_parameters() for model in config.models]
+        self._global_names = field_names(method.params_type)
+        self._model_names = field_names(method.model_params_type)
+
+    def for_tensor(self, name: str) -> tuple[Params, list[ModelParams]]:
+        t = layer_position(name, self.num_layers)
+        shared = self._resolve(self.shared, name, t)
+        try:
+            params = self.method.params_type.model_validate({k: v for k, v in shared.items() if k in self._global_names})
+            model_params = [self._model_params(shared, own, name, t) for own in self.per_model]
+        except ValueError as exc:
+            raise ConfigError(f"tensor '{name}': {exc}") from None
+        return params, model_params
+
+    def _model_params(self, shared: dict[str, Any], own: dict[str, Any], name: str, t: float) -> ModelParams:
+        values = {k: v for k, v in shared.items() if k in self._model_names}
+        values.update(self._resolve(own, name, t))
+        return self.method.model_params_type.model_validate(values)
+
+    @staticmethod
+    def _resolve(settings: dict[str, Any], name: str, t: float) -> dict[str, Any]:
+        resolved = {key: resolve_setting(setting, name, t) for key, setting in settings.items()}
+        return {key: value for key, value in resolved.items() if value is not None}

@@ -1,0 +1,163 @@
+"""`run_merge`: validate everything, then stream tensor by tensor into a staged output folder."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fda_core.checkpoints.header import DTYPES
+from fda_core.checkpoints.layout import CheckpointLayout
+from fda_core.checkpoints.reader import TensorReader
+from fda_core.checkpoints.writer import ShardedWriter, WrittenShard
+from fda_core.config import MergeConfig
+from fda_core.errors import ConfigError, MergeCancelled
+from fda_core.merge.output import copy_side_files, staging_directory, write_records
+from fda_core.merge.plan import MergePlan, TensorTask, build_plan
+from fda_core.merge.provenance import build_provenance, safetensors_metadata
+from fda_core.methods.base import TensorInputs
+
+DEFAULT_SHARD_BYTES = 5 * 10**9
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    device: str = "cpu"
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class MergeProgress:
+    phase: str  # "validate" | "fetch" | "merge" | "finalize"
+    done: int
+    total: int
+    tensor: str | None = None
+
+
+@dataclass
+class MergeResult:
+    output_dir: Path
+    method: str
+    tensors: int
+    parameters: int
+    shards: list[WrittenShard]
+    seconds: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[MergeProgress], None]
+CancelCallback = Callable[[], bool]
+
+
+def run_merge(
+    config: MergeConfig,
+    out_dir: Path,
+    options: MergeOptions = MergeOptions(),
+    on_progress: ProgressCallback | None = None,
+    should_cancel: CancelCallback | None = None,
+) -> MergeResult:
+    report = on_progress or (lambda progress: None)
+    clock = _PhaseClock()
+    device = resolve_device(options.device)
+    report(MergeProgress("validate", 0, 1))
+    plan = build_plan(config, options.max_shard_bytes)
+    clock.lap("validate")
+    with staging_directory(Path(out_dir), options.overwrite) as staging:
+        _fetch_inputs(plan.inputs, report)
+        clock.lap("fetch")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
+            hashes = pool.submit(_hash_inputs, plan.inputs)
+            shards = _merge_tensors(plan, staging, device, hashes, report, should_cancel)
+            provenance = build_provenance(plan, hashes.result())
+        clock.lap("merge")
+        copy_side_files(plan.reference, staging, config.dtype)
+        write_records(staging, provenance)
+    clock.lap("finalize")
+    parameters = sum(math.prod(t.output.shape) for t in plan.tasks)
+    return MergeResult(Path(out_dir), config.method, len(plan.tasks), parameters, shards, clock.laps, provenance)
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def _fetch_inputs(layouts: list[CheckpointLayout], report: ProgressCallback) -> None:
+    files = [(layout, name) for layout in layouts for name in layout.weight_files]
+    for done, (layout, name) in enumerate(files):
+        report(MergeProgress("fetch", done, len(files), name))
+        layout.source.local_path(name)  # downloads remote files once; local files are already here
+
+
+def _hash_inputs(layouts: list[CheckpointLayout]) -> dict[str, dict[str, str]]:
+    return {layout.uri: {name: layout.source.sha256(name) for name in layout.weight_files} for layout in layouts}
+
+
+def _merge_tensors(
+    plan: MergePlan,
+    staging: Path,
+    device: torch.device,
+    hashes: Future,
+    report: ProgressCallback,
+    should_cancel: CancelCallback | None,
+) -> list[WrittenShard]:
+    writer = ShardedWriter(staging, plan.shards, safetensors_metadata(build_provenance(plan, None)))
+    readers = [TensorReader(layout) for layout in plan.inputs]
+    try:
+        for done, task in enumerate(plan.tasks):
+            if should_cancel is not None and should_cancel():
+                raise MergeCancelled(f"merge cancelled after {done} of {len(plan.tasks)} tensors")
+            report(MergeProgress("merge", done, len(plan.tasks), task.name))
+            writer.write(task.name, merge_tensor(plan, task, readers, device))
+        report(MergeProgress("merge", len(plan.tasks), len(plan.tasks)))
+        return writer.finish(safetensors_metadata(build_provenance(plan, hashes.result())))
+    finally:
+        writer.abort()
+        for reader in readers:
+            reader.close()
+
+
+def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader], device: torch.device) -> torch.Tensor:
+    """Read one tensor from every input, merge it in fp32 (fp64 for fp64 inputs), cast to the output dtype."""
+    if not task.merged:
+        return readers[0].read(task.name)
+    raw = [reader.read(task.name) for reader in readers]
+    compute = torch.float64 if any(t.dtype == torch.float64 for t in raw) else torch.float32
+    tensors = [t.to(device=device, dtype=compute) for t in raw]
+    del raw
+    base = tensors[0] if plan.base else None
+    experts = tensors[1:] if plan.base else tensors
+    assert task.params is not None
+    inputs = TensorInputs(task.name, base, experts, task.params, list(task.model_params), _generator(plan, task, device))
+    merged = plan.method.merge(inputs)
+    return merged.to(dtype=DTYPES[task.output.dtype][0]).cpu()
+
+
+def _generator(plan: MergePlan, task: TensorTask, device: torch.device) -> torch.Generator | None:
+    """One generator per (seed, tensor): results do not depend on tensor order or device count."""
+    if not plan.method.uses_randomness:
+        return None
+    digest = hashlib.sha256(f"{plan.config.seed}:{task.name}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class _PhaseClock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(now - self._last, 3)
+        self._last = now
+

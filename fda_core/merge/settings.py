@@ -1,0 +1,70 @@
+"""Parameter values as mergekit writes them, resolved for one tensor.
+
+A setting is a scalar (`0.5`), a gradient over layers (`[0, 0.5, 1]`, interpolated by the
+tensor's relative layer position t), or a list of conditions (`[{filter: self_attn, value: …},
+{value: …}]`, the first whose filter is a substring of the tensor name wins).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+Setting = Any
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+
+def layer_index(tensor_name: str) -> int | None:
+    match = _LAYER_INDEX.search(tensor_name)
+    return int(match.group(1)) if match else None
+
+
+def layer_position(tensor_name: str, num_layers: int) -> float:
+    """mergekit's t: layer i of n sits at i / (n - 1); tensors outside the layers at 0."""
+    index = layer_index(tensor_name)
+    if index is None:
+        return 0.0
+    return index / (num_layers - 1) if num_layers > 1 else 1.0
+
+
+def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
+    """The value of `setting` for `tensor_name` at layer position `t`; None if no condition matches."""
+    if isinstance(setting, dict) and "value" in setting:
+        setting = [setting]
+    if isinstance(setting, list):
+        if not setting:
+            return None
+        if all(_is_scalar(item) for item in setting):
+            return _gradient(setting, t)
+        for condition in setting:
+            if not isinstance(condition, dict) or "value" not in condition:
+                raise ValueError(f"expected {{filter, value}} conditions, got {condition!r}")
+            pattern = condition.get("filter")
+            if pattern in (None, "*") or pattern in tensor_name:
+                return resolve_setting(condition["value"], tensor_name, t)
+        return None
+    return setting
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+def _gradient(values: list[Any], t: float) -> Any:
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not numeric:
+        return values[int(t * (len(values) - 1))]
+    scaled = t * (len(values) - 1)
+    low = int(scaled)
+    high = min(len(values) - 1, low + 1)
+    fraction = scaled - low
+    return (1 - fraction) * values[low] + fraction * values[high]
+
+
+def num_layers_of(config: dict | None, tensor_names: list[str]) -> int:
+    """Layer count from config.json, else from the largest layer index in the tensor names."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if config and isinstance(config.get(key), int):
+            return int(config[key])
+    indices = [i for i in (layer_index(n) for n in tensor_names) if i is not None]
+    return max(indices) + 1 if indices else 1

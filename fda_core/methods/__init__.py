@@ -1,0 +1,18 @@
+"""Parameter-space merge methods, one module each, registered by name on import."""
+
+from fda_core.methods import (  # noqa: F401  (importing registers each method)
+    breadcrumbs,
+    dare_linear,
+    dare_ties,
+    iso_c,
+    linear,
+    model_stock,
+    slerp,
+    task_arithmetic,
+    ties,
+    tsv,
+    wudi,
+)
+from fda_core.methods.registry import get_method, method_names
+
+__all__ = ["get_method", "method_names"]

@@ -1,0 +1,57 @@
+"""Sparsifiers of a task vector τ: keep the largest, drop at random, or drop both tails.
+
+Top-k selection uses a k-th value threshold (O(n)) rather than a full sort (O(n log n)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """True on the k = max(1, ⌊density·n⌋) entries of largest |τ| (TIES' trim step)."""
+    n = tau.numel()
+    if density >= 1:
+        return torch.ones_like(tau, dtype=torch.bool)
+    if density <= 0 or n == 0:
+        return torch.zeros_like(tau, dtype=torch.bool)
+    k = max(1, int(density * n))
+    magnitude = tau.abs()
+    threshold = torch.kthvalue(magnitude.reshape(-1).float(), n - k + 1).values
+    return magnitude >= threshold
+
+
+def band_mask(tau: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Breadcrumbs: drop the top γ·n outliers and the smallest, keeping ⌊density·n⌋ entries."""
+    n = tau.numel()
+    if density >= 1:
+        return torch.ones_like(tau, dtype=torch.bool)
+    keep = int(density * n)
+    top = int(gamma * n)
+    bottom = max(0, n - keep - top)
+    if keep == 0:
+        return torch.zeros_like(tau, dtype=torch.bool)
+    magnitude = tau.abs()
+    flat = magnitude.reshape(-1).float()
+    low = torch.kthvalue(flat, bottom + 1).values
+    high = torch.kthvalue(flat, bottom + keep).values
+    return (magnitude >= low) & (magnitude <= high)
+
+
+def bernoulli_mask(tau: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
+    """DARE's drop: keep each entry with probability `density`."""
+    if density >= 1:
+        return torch.ones_like(tau, dtype=torch.bool)
+    probabilities = torch.full_like(tau, density, dtype=torch.float32)
+    return torch.bernoulli(probabilities, generator=generator).bool()
+
+
+def rescale(tau: torch.Tensor, kept: torch.Tensor, density: float, mode: str) -> torch.Tensor:
+    """Restore the magnitude lost by dropping: 1/density (DARE paper), L1 norm (mergekit) or none."""
+    if mode == "inverse_density" and 0 < density < 1:
+        return kept / density
+    if mode == "l1":
+        before, after = tau.abs().sum(), kept.abs().sum()
+        if before > 1e-7 and after > 1e-7:
+            return kept * (before / after)
+    return kept

@@ -1,0 +1,123 @@
+"""s3:// checkpoints for fda_core: ranged reads for headers, downloads into a local cache.
+
+Headers are read with ranged GETs, so a whole merge is validated before any tensor data is
+downloaded. A download streams to `.part`, hashing as it goes, then is renamed into place;
+a sidecar records the ETag, size and sha256, so an unchanged object is not fetched twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fda_core.checkpoints.sources import register_scheme
+from fda_core.errors import CheckpointError
+from service.s3 import make_s3_client, split_s3_uri
+from service.settings import Settings, get_settings
+
+CHUNK_BYTES = 8 << 20
+SINGLE_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class S3Source:
+    """A model folder (a key prefix) or one object in an S3 bucket."""
+
+    def __init__(self, uri: str, client, cache_dir: Path) -> None:
+        self.uri = uri
+        self.client = client
+        self.bucket, key = split_s3_uri(uri)
+        self.single_file = key.endswith(SINGLE_FILE_SUFFIXES)
+        if self.single_file:
+            self.prefix = key.rpartition("/")[0] + "/" if "/" in key else ""
+        else:
+            self.prefix = key.rstrip("/") + "/" if key else ""
+        self.cache_dir = cache_dir / "s3" / self.bucket
+        self._objects = self._list(key)
+
+    def _list(self, key: str) -> dict[str, dict]:
+        try:
+            if self.single_file:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+                return {key.rsplit("/", 1)[-1]: {"size": head["ContentLength"], "etag": head["ETag"]}}
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/")
+            objects = {
+                item["Key"][len(self.prefix):]: {"size": item["Size"], "etag": item["ETag"]}
+                for page in pages for item in page.get("Contents", [])
+            }  # fmt: skip
+        except (ClientError, BotoCoreError) as exc:
+            raise CheckpointError(f"{self.uri}: {_describe(exc)}") from None
+        if not objects:
+            raise CheckpointError(f"{self.uri}: no such object or prefix")
+        return objects
+
+    def list_files(self) -> list[str]:
+        return sorted(self._objects)
+
+    def size(self, name: str) -> int:
+        return int(self._objects[name]["size"])
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name, Range=f"bytes={start}-{start + length - 1}")
+            return response["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise CheckpointError(f"s3://{self.bucket}/{self.prefix}{name}: {_describe(exc)}") from None
+
+    def local_path(self, name: str) -> Path:
+        path = self.cache_dir / (self.prefix + name)
+        if self._cached_record(path, name) is None:
+            self._download(name, path)
+        return path
+
+    def sha256(self, name: str) -> str:
+        path = self.local_path(name)
+        record = self._cached_record(path, name)
+        assert record is not None
+        return str(record["sha256"])
+
+    def _cached_record(self, path: Path, name: str) -> dict | None:
+        sidecar = path.with_name(path.name + ".fdameta.json")
+        if not (path.exists() and sidecar.exists()):
+            return None
+        record = json.loads(sidecar.read_text())
+        expected = self._objects[name]
+        if record.get("etag") != expected["etag"] or path.stat().st_size != expected["size"]:
+            return None
+        return record
+
+    def _download(self, name: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + f".part-{os.getpid()}")
+        digest = hashlib.sha256()
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"]
+            with open(partial, "wb") as handle:
+                for chunk in body.iter_chunks(CHUNK_BYTES):
+                    digest.update(chunk)
+                    handle.write(chunk)
+        except (ClientError, BotoCoreError) as exc:
+            partial.unlink(missing_ok=True)
+            raise CheckpointError(f"s3://{self.bucket}/{self.prefix}{name}: download failed: {_describe(exc)}") from None
+        os.replace(partial, path)
+        record = {**self._objects[name], "sha256": digest.hexdigest()}
+        path.with_name(path.name + ".fdameta.json").write_text(json.dumps(record))
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+    return str(exc)
+
+
+def register_s3(settings: Settings | None = None) -> None:
+    """Teach fda_core to open s3:// URIs with these settings."""
+    settings = settings or get_settings()
+    client = make_s3_client(settings.s3_endpoint_url, settings.s3_region)
+    register_scheme("s3", lambda uri: S3Source(uri, client, settings.cache_dir))

@@ -1,0 +1,112 @@
+"""`fdamerge merge` runs every method on tiny BERT, GPT-2, LLaMA and ViT models; outputs load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from cli.main import main as fdamerge
+from fda_core.methods import method_names
+from tests.support.cli import run_cli, write_config
+from tests.support.compare import load_tensors
+
+AUTO_CLASSES = {"bert": "AutoModel", "gpt2": "AutoModelForCausalLM", "llama": "AutoModelForCausalLM", "vit": "AutoModel"}
+FAST = {"wudi": {"steps": 20}}
+
+
+def config_for(method: str, base: Path, experts: list[Path], tmp: Path, **extra) -> Path:
+    inputs = experts[:1] if method == "slerp" else experts
+    base_model = None if method == "linear" else base
+    extra.setdefault("parameters", FAST.get(method, {}))
+    return write_config(tmp / f"{method}.yaml", method, base_model, inputs, **extra)
+
+
+def load_with_transformers(family: str, path: Path):
+    import transformers
+
+    auto = getattr(transformers, AUTO_CLASSES[family])
+    return auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False, local_files_only=True)
+
+
+@pytest.mark.parametrize("family", sorted(AUTO_CLASSES))
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_merges_every_family_into_a_loadable_model(method: str, family: str, families, tmp_path: Path) -> None:
+    base, experts = families[family]
+    out = tmp_path / "out"
+    assert fdamerge(["merge", str(config_for(method, base, experts, tmp_path)), "--out", str(out), "--quiet"]) == 0
+    model = load_with_transformers(family, out)
+    assert not any(torch.isnan(p).any() or torch.isinf(p).any() for p in model.parameters())
+    assert set(load_tensors(out)) == set(load_tensors(base))
+
+
+def test_summary_line_and_exit_code_from_a_real_process(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    result = run_cli("merge", str(config_for("ties", base, experts, tmp_path)), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("merged 30 tensors") and "with ties" in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+
+
+def test_output_records_provenance_in_every_shard(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    out = tmp_path / "out"
+    config = config_for("dare_ties", base, experts, tmp_path, seed=11)
+    assert fdamerge(["merge", str(config), "--out", str(out), "--shard-size", "40kB", "--quiet"]) == 0
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
+    from fda_core.checkpoints.sources import sha256_file
+
+    for shard in shards:
+        with safe_open(str(shard), "pt") as handle:
+            provenance = json.loads(handle.metadata()["fda_merge"])
+        assert provenance["method"] == "dare_ties" and provenance["seed"] == 11
+        assert provenance["fda_merge_version"]
+        assert [i["sha256"] for i in provenance["inputs"]] == [sha256_file(p / "model.safetensors") for p in [base, *experts]]
+    card = (out / "README.md").read_text()
+    assert all(str(p) in card for p in [base, *experts]) and "dare_ties" in card
+    assert (out / "config.json").exists() and (out / "generation_config.json").exists()
+
+
+def test_same_seed_gives_identical_files_and_another_seed_does_not(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    config = config_for("dare_linear", base, experts, tmp_path, parameters={"density": 0.5})
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        assert fdamerge(["merge", str(config), "--out", str(tmp_path / name), "--seed", seed, "--quiet"]) == 0
+    read = lambda name: (tmp_path / name / "model.safetensors").read_bytes()  # noqa: E731
+    assert read("a") == read("b")
+    assert load_tensors(tmp_path / "a").keys() == load_tensors(tmp_path / "c").keys() and read("a") != read("c")
+
+
+def test_bfloat16_output_dtype_is_written_and_recorded_in_config(families, tmp_path: Path) -> None:
+    base, experts = families["bert"]
+    out = tmp_path / "out"
+    config = config_for("task_arithmetic", base, experts, tmp_path, dtype="bfloat16")
+    assert fdamerge(["merge", str(config), "--out", str(out), "--quiet"]) == 0
+    assert {t.dtype for t in load_tensors(out).values() if t.is_floating_point()} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (out / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
+
+
+def test_a_mergekit_yaml_runs_unchanged(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    (tmp_path / "mk.yaml").write_text(
+        f"""merge_method: dare_ties
+base_model: {base}
+models:
+  - model: {base}
+  - model: {experts[0]}
+    parameters: {{weight: 0.5, density: 0.6}}
+  - model: {experts[1]}
+    parameters: {{weight: 0.5, density: 0.6}}
+parameters: {{int8_mask: true, normalize: false}}
+dtype: float32
+"""
+    )
+    assert fdamerge(["merge", str(tmp_path / "mk.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    provenance = json.loads((tmp_path / "out" / "merge_provenance.json").read_text())
+    assert provenance["config"]["parameters"] == {"normalize": False, "rescale": "l1"}
+    assert [m["model"] for m in provenance["config"]["models"]] == [str(e) for e in experts]

@@ -17,8 +17,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (must not exist, or be empty)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-    parser.add_argument("--shard-size", type=parse_size, default="5GB", help="largest output shard, e.g. 2GB (default 5GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the merge succeeded)")
+    parser.add_argument(
+        "--shard-size", type=parse_size, default="5GB", help="largest output shard, e.g. 2GB (default 5GB)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (only once the merge succeeded)"
+    )
     parser.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (default $FDA_S3_ENDPOINT_URL)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)

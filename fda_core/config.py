@@ -22,7 +22,9 @@ class ModelInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, description="Local path, file:// or s3:// URI of a model folder or .safetensors file")
+    model: str = Field(
+        min_length=1, description="Local path, file:// or s3:// URI of a model folder or .safetensors file"
+    )
     weight: float | None = Field(None, description="Shorthand for parameters.weight")
     parameters: dict[str, Any] = Field(default_factory=dict)
 

@@ -15,8 +15,16 @@ from typing import Any
 from fda_core.errors import ConfigError
 
 KNOWN_KEYS = {
-    "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-    "tokenizer_source", "chat_template", "name",
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "chat_template",
+    "name",
 }
 DROPPED_PARAMETERS = {"int8_mask"}  # a memory optimisation in mergekit; no effect on the result
 
@@ -26,7 +34,9 @@ def from_mergekit(doc: dict[str, Any], where: str = "config") -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{where}: mergekit option '{unknown[0]}' is not supported by fda-merge")
     if doc.get("tokenizer_source") not in (None, "base"):
-        raise ConfigError(f"{where}: tokenizer_source '{doc['tokenizer_source']}' is not supported; the base's tokenizer is copied")
+        raise ConfigError(
+            f"{where}: tokenizer_source '{doc['tokenizer_source']}' is not supported; the base's tokenizer is copied"
+        )
     method = doc["merge_method"]
     base = doc.get("base_model")
     models = _inputs(doc, where)
@@ -49,7 +59,9 @@ def _inputs(doc: dict[str, Any], where: str) -> list[dict[str, Any]]:
         raise ConfigError(f"{where}: give either models or slices, not both")
     if doc.get("slices"):
         return _inputs_from_slices(doc["slices"], where)
-    return [{"model": _reference(m, where), "parameters": _drop(m.get("parameters") or {})} for m in doc.get("models") or []]
+    return [
+        {"model": _reference(m, where), "parameters": _drop(m.get("parameters") or {})} for m in doc.get("models") or []
+    ]
 
 
 def _inputs_from_slices(slices: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
@@ -58,7 +70,9 @@ def _inputs_from_slices(slices: list[dict[str, Any]], where: str) -> list[dict[s
     sources = slices[0].get("sources") or []
     ranges = {tuple(source.get("layer_range") or ()) for source in sources}
     if len(ranges) != 1 or next(iter(ranges))[:1] != (0,):
-        raise ConfigError(f"{where}: slice sources must all take the same layer_range starting at 0, got {sorted(ranges)}")
+        raise ConfigError(
+            f"{where}: slice sources must all take the same layer_range starting at 0, got {sorted(ranges)}"
+        )
     return [{"model": _reference(s, where), "parameters": _drop(s.get("parameters") or {})} for s in sources]
 
 
@@ -67,7 +81,9 @@ def _reference(entry: dict[str, Any], where: str) -> str:
     if not isinstance(model, str):
         raise ConfigError(f"{where}: every model entry needs a model path, got {entry!r}")
     if "+" in model and not model.startswith(("s3://", "file://", "/", ".")):
-        raise ConfigError(f"{where}: '{model}': LoRA references (model+adapter) are not supported; merge the adapter first")
+        raise ConfigError(
+            f"{where}: '{model}': LoRA references (model+adapter) are not supported; merge the adapter first"
+        )
     return model
 
 

@@ -43,7 +43,9 @@ class S3Source:
             if self.single_file:
                 head = self.client.head_object(Bucket=self.bucket, Key=key)
                 return {key.rsplit("/", 1)[-1]: {"size": head["ContentLength"], "etag": head["ETag"]}}
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/")
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+            )
             objects = {
                 item["Key"][len(self.prefix):]: {"size": item["Size"], "etag": item["ETag"]}
                 for page in pages for item in page.get("Contents", [])
@@ -64,7 +66,9 @@ class S3Source:
         if length == 0:
             return b""
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name, Range=f"bytes={start}-{start + length - 1}")
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self.prefix + name, Range=f"bytes={start}-{start + length - 1}"
+            )
             return response["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise CheckpointError(f"s3://{self.bucket}/{self.prefix}{name}: {_describe(exc)}") from None
@@ -103,7 +107,9 @@ class S3Source:
                     handle.write(chunk)
         except (ClientError, BotoCoreError) as exc:
             partial.unlink(missing_ok=True)
-            raise CheckpointError(f"s3://{self.bucket}/{self.prefix}{name}: download failed: {_describe(exc)}") from None
+            raise CheckpointError(
+                f"s3://{self.bucket}/{self.prefix}{name}: download failed: {_describe(exc)}"
+            ) from None
         os.replace(partial, path)
         record = {**self._objects[name], "sha256": digest.hexdigest()}
         path.with_name(path.name + ".fdameta.json").write_text(json.dumps(record))

@@ -108,9 +108,7 @@ def _tensor_info(name: str, entry: object, file: str, where: str, data_start: in
         raise CheckpointError(f"{where}: tensor '{name}': header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPES:
-        raise CheckpointError(
-            f"{where}: tensor '{name}': unknown dtype {dtype!r}; known: {', '.join(DTYPES)}"
-        )
+        raise CheckpointError(f"{where}: tensor '{name}': unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise CheckpointError(f"{where}: tensor '{name}': invalid shape {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):

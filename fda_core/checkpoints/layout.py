@@ -94,9 +94,7 @@ def _collect_tensors(uri: str, headers: list[FileHeader]) -> dict[str, TensorInf
     for header in headers:
         for name, info in header.tensors.items():
             if name in tensors:
-                raise CheckpointError(
-                    f"{uri}: tensor '{name}' is stored twice ({tensors[name].file} and {info.file})"
-                )
+                raise CheckpointError(f"{uri}: tensor '{name}' is stored twice ({tensors[name].file} and {info.file})")
             tensors[name] = info
     return tensors
 

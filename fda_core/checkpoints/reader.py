@@ -33,7 +33,7 @@ class TensorReader:
 
     def _read_into(self, info: TensorInfo, buffer: torch.Tensor) -> None:
         fd = self._fd(info.file)
-        view = memoryview(buffer.numpy())
+        view = buffer.numpy().data  # a writable memoryview over the tensor's storage
         done = 0
         while done < info.nbytes:
             got = os.preadv(fd, [view[done:]], info.start + done)

@@ -16,8 +16,7 @@ def _check_pair(ref: CheckpointLayout, other: CheckpointLayout) -> None:
     missing = sorted(set(ref.tensors) - set(other.tensors))
     if missing:
         raise IncompatibleModelsError(
-            f"tensor '{missing[0]}' is in {ref.describe(missing[0])} but missing from {other.uri}"
-            + _more(missing)
+            f"tensor '{missing[0]}' is in {ref.describe(missing[0])} but missing from {other.uri}" + _more(missing)
         )
     extra = sorted(set(other.tensors) - set(ref.tensors))
     if extra:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fda_core.checkpoints.header import DTYPES, DTYPE_NAMES
+from fda_core.checkpoints.header import DTYPE_NAMES, DTYPES
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -61,7 +61,11 @@ def _header_bytes(tensors: list[OutputTensor], metadata: dict[str, str], reserve
     doc: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for tensor in tensors:
-        doc[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + tensor.nbytes]}
+        doc[tensor.name] = {
+            "dtype": tensor.dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
         offset += tensor.nbytes
     raw = json.dumps(doc, separators=(",", ":")).encode()
     target = max(reserve, len(raw) + (-len(raw)) % 8)  # 8-byte aligned data, as safetensors writes
@@ -82,7 +86,11 @@ class ShardedWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         shard_index, expected = self._queue[self._position]
-        if name != expected.name or DTYPE_NAMES[tensor.dtype] != expected.dtype or tuple(tensor.shape) != expected.shape:
+        if (
+            name != expected.name
+            or DTYPE_NAMES[tensor.dtype] != expected.dtype
+            or tuple(tensor.shape) != expected.shape
+        ):
             raise RuntimeError(f"writer expected {expected}, got '{name}' {tensor.dtype} {tuple(tensor.shape)}")
         handle = self._file(shard_index)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()

@@ -91,11 +91,15 @@ def model_card(provenance: dict[str, Any]) -> str:
     config = provenance["config"]
     rows = "\n".join(f"| {i['role']} | `{i['location']}` | `{i['sha256']}` |" for i in provenance["inputs"])
     base = config.get("base_model")
-    front = "---\nlibrary_name: transformers\ntags: [merge, fda-merge]\n" + (f"base_model: {json.dumps(base)}\n" if base else "") + "---\n"
+    front = (
+        "---\nlibrary_name: transformers\ntags: [merge, fda-merge]\n"
+        + (f"base_model: {json.dumps(base)}\n" if base else "")
+        + "---\n"
+    )
     return f"""{front}
 # Merged model
 
-Produced by fda-merge {provenance['fda_merge_version']} with method `{config['method']}`, seed {config['seed']}.
+Produced by fda-merge {provenance["fda_merge_version"]} with method `{config["method"]}`, seed {config["seed"]}.
 
 ## Inputs
 

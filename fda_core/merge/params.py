@@ -28,7 +28,9 @@ def check_method_fit(config: MergeConfig) -> None:
     _check_settings(config.parameters, known, "parameters", method, method.params_type)
     for index, model in enumerate(config.models):
         where = f"models.{index}.parameters"
-        _check_settings(model.resolved_parameters(), field_names(method.model_params_type), where, method, method.model_params_type)
+        _check_settings(
+            model.resolved_parameters(), field_names(method.model_params_type), where, method, method.model_params_type
+        )
 
 
 def _check_model_count(method: MergeMethod, count: int) -> None:
@@ -43,7 +45,9 @@ def field_names(model: type[BaseModel]) -> set[str]:
     return {field.alias or name for name, field in model.model_fields.items()}
 
 
-def _check_settings(settings: dict[str, Any], known: set[str], where: str, method: MergeMethod, owner: type[Params]) -> None:
+def _check_settings(
+    settings: dict[str, Any], known: set[str], where: str, method: MergeMethod, owner: type[Params]
+) -> None:
     for key, setting in settings.items():
         if key not in known:
             raise ValueError(f"{where}.{key}: unknown parameter of '{method.name}'; known: {', '.join(sorted(known))}")
@@ -83,7 +87,9 @@ class ParameterResolver:
         t = layer_position(name, self.num_layers)
         shared = self._resolve(self.shared, name, t)
         try:
-            params = self.method.params_type.model_validate({k: v for k, v in shared.items() if k in self._global_names})
+            params = self.method.params_type.model_validate(
+                {k: v for k, v in shared.items() if k in self._global_names}
+            )
             model_params = [self._model_params(shared, own, name, t) for own in self.per_model]
         except ValueError as exc:
             raise ConfigError(f"tensor '{name}': {exc}") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from fda_core.checkpoints.header import DTYPE_NAMES
 from fda_core.checkpoints.layout import CheckpointLayout, inspect_checkpoint
 from fda_core.checkpoints.validate import check_compatible
@@ -18,9 +20,12 @@ from fda_core.merge.settings import num_layers_of
 from fda_core.methods import get_method
 from fda_core.methods.base import MergeMethod, ModelParams, Params
 
-import torch
-
-OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+OUTPUT_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 @dataclass(frozen=True)

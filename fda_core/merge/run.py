@@ -138,7 +138,9 @@ def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader],
     base = tensors[0] if plan.base else None
     experts = tensors[1:] if plan.base else tensors
     assert task.params is not None
-    inputs = TensorInputs(task.name, base, experts, task.params, list(task.model_params), _generator(plan, task, device))
+    inputs = TensorInputs(
+        task.name, base, experts, task.params, list(task.model_params), _generator(plan, task, device)
+    )
     merged = plan.method.merge(inputs)
     return merged.to(dtype=DTYPES[task.output.dtype][0]).cpu()
 
@@ -160,4 +162,3 @@ class _PhaseClock:
         now = time.perf_counter()
         self.laps[phase] = round(now - self._last, 3)
         self._last = now
-

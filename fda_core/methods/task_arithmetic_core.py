@@ -22,7 +22,9 @@ class DensityModelParams(ModelParams):
     density: float = Field(1.0, ge=0.0, le=1.0)
 
 
-def weighted_sum(base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: ScaledParams) -> torch.Tensor:
+def weighted_sum(
+    base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: ScaledParams
+) -> torch.Tensor:
     """θ0 + λ·Σ wᵢτᵢ (÷ Σ wᵢ when normalising), accumulated without stacking the deltas."""
     divisor = float(weights.sum()) if params.normalize else 1.0
     if abs(divisor) < 1e-8:
@@ -37,7 +39,9 @@ def weighted_sum(base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.
     return base + mixed
 
 
-def sign_elected_sum(base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: ScaledParams) -> torch.Tensor:
+def sign_elected_sum(
+    base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: ScaledParams
+) -> torch.Tensor:
     """TIES' elect + disjoint merge: keep entries whose sign agrees with sign(Σ wᵢτ̂ᵢ)."""
     weighted = torch.stack(deltas)  # (N, …)
     w = broadcast_weights(weights, weighted)

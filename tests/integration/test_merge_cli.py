@@ -14,7 +14,12 @@ from fda_core.methods import method_names
 from tests.support.cli import run_cli, write_config
 from tests.support.compare import load_tensors
 
-AUTO_CLASSES = {"bert": "AutoModel", "gpt2": "AutoModelForCausalLM", "llama": "AutoModelForCausalLM", "vit": "AutoModel"}
+AUTO_CLASSES = {
+    "bert": "AutoModel",
+    "gpt2": "AutoModelForCausalLM",
+    "llama": "AutoModelForCausalLM",
+    "vit": "AutoModel",
+}
 FAST = {"wudi": {"steps": 20}}
 
 
@@ -34,7 +39,9 @@ def load_with_transformers(family: str, path: Path):
 
 @pytest.mark.parametrize("family", sorted(AUTO_CLASSES))
 @pytest.mark.parametrize("method", method_names())
-def test_every_method_merges_every_family_into_a_loadable_model(method: str, family: str, families, tmp_path: Path) -> None:
+def test_every_method_merges_every_family_into_a_loadable_model(
+    method: str, family: str, families, tmp_path: Path
+) -> None:
     base, experts = families[family]
     out = tmp_path / "out"
     assert fdamerge(["merge", str(config_for(method, base, experts, tmp_path)), "--out", str(out), "--quiet"]) == 0
@@ -65,7 +72,9 @@ def test_output_records_provenance_in_every_shard(llama, tmp_path: Path) -> None
             provenance = json.loads(handle.metadata()["fda_merge"])
         assert provenance["method"] == "dare_ties" and provenance["seed"] == 11
         assert provenance["fda_merge_version"]
-        assert [i["sha256"] for i in provenance["inputs"]] == [sha256_file(p / "model.safetensors") for p in [base, *experts]]
+        assert [i["sha256"] for i in provenance["inputs"]] == [
+            sha256_file(p / "model.safetensors") for p in [base, *experts]
+        ]
     card = (out / "README.md").read_text()
     assert all(str(p) in card for p in [base, *experts]) and "dare_ties" in card
     assert (out / "config.json").exists() and (out / "generation_config.json").exists()

@@ -19,13 +19,11 @@ def run_mergekit(config: dict, out: Path) -> None:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    run_merge(MergeConfiguration.model_validate(config), str(out), options=MergeOptions(copy_tokenizer=False, lazy_unpickle=False))
-
-
-def mergekit_yaml(method: str, base: Path, experts: list[Path], **extra) -> dict:
-    return {"merge_method": method, "base_model": str(base), "dtype": "float32", **extra, "models": [
-        {"model": str(path), "parameters": params} for path, params in zip(experts, extra.pop("model_parameters", []))
-    ]}  # fmt: skip
+    run_merge(
+        MergeConfiguration.model_validate(config),
+        str(out),
+        options=MergeOptions(copy_tokenizer=False, lazy_unpickle=False),
+    )
 
 
 CASES = {

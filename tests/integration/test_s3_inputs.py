@@ -36,15 +36,25 @@ def test_merge_from_s3_equals_the_same_merge_from_local_files(s3_server, bucket,
     base, experts = llama
     uris = [upload_folder(s3_server.endpoint_url, bucket, p, p.name) for p in [base, *experts]]
     env = {"FDA_S3_ENDPOINT_URL": s3_server.endpoint_url, "FDA_CACHE_DIR": str(tmp_path / "cache")}
-    remote = run_cli("merge", str(write_config(tmp_path / "s3.yaml", "ties", uris[0], uris[1:])), "--out", str(tmp_path / "s3"), env=env)
+    remote = run_cli(
+        "merge",
+        str(write_config(tmp_path / "s3.yaml", "ties", uris[0], uris[1:])),
+        "--out",
+        str(tmp_path / "s3"),
+        env=env,
+    )
     assert remote.returncode == 0, remote.stderr
-    local = run_cli("merge", str(write_config(tmp_path / "local.yaml", "ties", base, experts)), "--out", str(tmp_path / "local"))
+    local = run_cli(
+        "merge", str(write_config(tmp_path / "local.yaml", "ties", base, experts)), "--out", str(tmp_path / "local")
+    )
     assert local.returncode == 0, local.stderr
     ours, reference = load_tensors(tmp_path / "s3"), load_tensors(tmp_path / "local")
     assert all(torch.equal(ours[name], reference[name]) for name in reference)
     provenance = json.loads((tmp_path / "s3" / "merge_provenance.json").read_text())
     assert [i["location"] for i in provenance["inputs"]] == uris
-    assert [i["sha256"] for i in provenance["inputs"]] == [sha256_file(p / "model.safetensors") for p in [base, *experts]]
+    assert [i["sha256"] for i in provenance["inputs"]] == [
+        sha256_file(p / "model.safetensors") for p in [base, *experts]
+    ]
     assert json.loads((tmp_path / "s3" / "config.json").read_text()) == json.loads((base / "config.json").read_text())
 
 
@@ -56,7 +66,10 @@ def test_a_single_safetensors_object_is_an_input(s3_server, bucket, llama, tmp_p
     env = {"FDA_S3_ENDPOINT_URL": s3_server.endpoint_url, "FDA_CACHE_DIR": str(tmp_path / "cache")}
     result = run_cli("merge", str(config), "--out", str(tmp_path / "out"), env=env)
     assert result.returncode == 0, result.stderr
-    torch.testing.assert_close(load_tensors(tmp_path / "out")["model.norm.weight"], load_file(str(experts[0] / "model.safetensors"))["model.norm.weight"])
+    torch.testing.assert_close(
+        load_tensors(tmp_path / "out")["model.norm.weight"],
+        load_file(str(experts[0] / "model.safetensors"))["model.norm.weight"],
+    )
 
 
 def test_a_mismatch_is_reported_before_any_weights_are_downloaded(s3_server, bucket, llama, tmp_path: Path) -> None:
@@ -66,19 +79,32 @@ def test_a_mismatch_is_reported_before_any_weights_are_downloaded(s3_server, buc
     tensors = load_file(str(experts[1] / "model.safetensors"))
     tensors["model.norm.weight"] = torch.zeros(33)
     save_file(tensors, str(wrong / "model.safetensors"))
-    uris = [upload_folder(s3_server.endpoint_url, bucket, p, name) for p, name in ((base, "b"), (experts[0], "e0"), (wrong, "e1"))]
+    uris = [
+        upload_folder(s3_server.endpoint_url, bucket, p, name)
+        for p, name in ((base, "b"), (experts[0], "e0"), (wrong, "e1"))
+    ]
     cache = tmp_path / "cache"
     env = {"FDA_S3_ENDPOINT_URL": s3_server.endpoint_url, "FDA_CACHE_DIR": str(cache)}
-    result = run_cli("merge", str(write_config(tmp_path / "c.yaml", "ties", uris[0], uris[1:])), "--out", str(tmp_path / "out"), env=env)
+    result = run_cli(
+        "merge",
+        str(write_config(tmp_path / "c.yaml", "ties", uris[0], uris[1:])),
+        "--out",
+        str(tmp_path / "out"),
+        env=env,
+    )
     assert result.returncode != 0
     assert "'model.norm.weight'" in result.stderr and "[33]" in result.stderr and f"{uris[2]}" in result.stderr
-    assert not cache.exists() or not any(p.suffix == ".safetensors" for p in cache.rglob("*")), "weights were downloaded"
+    assert not cache.exists() or not any(p.suffix == ".safetensors" for p in cache.rglob("*")), (
+        "weights were downloaded"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_object_is_a_clear_error(s3_server, bucket, llama, tmp_path: Path) -> None:
     base, experts = llama
     config = write_config(tmp_path / "c.yaml", "task_arithmetic", base, [f"s3://{bucket}/no-such-model"])
-    result = run_cli("merge", str(config), "--out", str(tmp_path / "out"), env={"FDA_S3_ENDPOINT_URL": s3_server.endpoint_url})
+    result = run_cli(
+        "merge", str(config), "--out", str(tmp_path / "out"), env={"FDA_S3_ENDPOINT_URL": s3_server.endpoint_url}
+    )
     assert result.returncode != 0
     assert f"s3://{bucket}/no-such-model: no such object or prefix" in result.stderr

@@ -19,6 +19,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def write_config(path: Path, method: str, base: Path | None, experts: list[Path], **fields) -> Path:
-    doc = {"method": method, "base_model": str(base) if base else None, "models": [{"model": str(e)} for e in experts], **fields}
+    doc = {
+        "method": method,
+        "base_model": str(base) if base else None,
+        "models": [{"model": str(e)} for e in experts],
+        **fields,
+    }
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -13,13 +13,38 @@ def _config(family: str):
     import transformers as tf
 
     if family == "bert":
-        return tf.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+        return tf.BertConfig(
+            vocab_size=96,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
     if family == "gpt2":
-        return tf.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
+        return tf.GPT2Config(
+            vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
     if family == "llama":
-        return tf.LlamaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+        return tf.LlamaConfig(
+            vocab_size=96,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
     if family == "vit":
-        return tf.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+        return tf.ViTConfig(
+            image_size=16,
+            patch_size=8,
+            num_channels=3,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+        )
     raise ValueError(family)
 
 
@@ -28,7 +53,9 @@ def build_model(family: str, seed: int = 0):
 
     torch.manual_seed(seed)
     config = _config(family)
-    model_class = {"bert": tf.BertModel, "gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "vit": tf.ViTModel}[family]
+    model_class = {"bert": tf.BertModel, "gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "vit": tf.ViTModel}[
+        family
+    ]
     return model_class(config).eval()
 
 
@@ -36,7 +63,9 @@ def save_base(family: str, path: Path) -> Path:
     model = build_model(family)
     model.save_pretrained(path, safe_serialization=True)
     if family == "bert":  # a tokenizer file, so copying side files is exercised
-        (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"tok{i}" for i in range(91)]) + "\n")
+        (path / "vocab.txt").write_text(
+            "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"tok{i}" for i in range(91)]) + "\n"
+        )
     return path
 
 

@@ -35,14 +35,20 @@ def test_truncated_file_names_the_file_and_the_last_tensor(tmp_path: Path) -> No
 
 
 def test_unknown_dtype_is_refused_with_the_tensor_name(tmp_path: Path) -> None:
-    path = write_raw(tmp_path / "m.safetensors", {"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16)
+    path = write_raw(
+        tmp_path / "m.safetensors", {"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16
+    )
     with pytest.raises(CheckpointError, match="tensor 'w': unknown dtype 'F128'"):
         inspect_checkpoint(str(path))
 
 
 def test_offsets_that_disagree_with_the_shape_are_refused(tmp_path: Path) -> None:
-    path = write_raw(tmp_path / "m.safetensors", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 8)
-    with pytest.raises(CheckpointError, match=r"tensor 'w': data_offsets \[0, 8\] hold 8 bytes, but F32 \(4,\) needs 16"):
+    path = write_raw(
+        tmp_path / "m.safetensors", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 8
+    )
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'w': data_offsets \[0, 8\] hold 8 bytes, but F32 \(4,\) needs 16"
+    ):
         inspect_checkpoint(str(path))
 
 

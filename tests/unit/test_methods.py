@@ -37,7 +37,7 @@ def rand(*shape, seed=0):
 
 
 def test_every_issue_method_is_registered() -> None:
-    assert EXPECTED_METHODS <= set(method_names())
+    assert set(method_names()) >= EXPECTED_METHODS
 
 
 def test_task_arithmetic_with_lambda_zero_returns_the_base() -> None:
@@ -73,7 +73,9 @@ def test_slerp_midpoint_of_orthogonal_vectors_stays_on_the_circle() -> None:
 
 def test_linear_is_the_weighted_mean_of_the_models() -> None:
     a, b = rand(4), rand(4, seed=1)
-    torch.testing.assert_close(merge("linear", None, [a, b], {}, [{"weight": 3.0}, {"weight": 1.0}]), 0.75 * a + 0.25 * b)
+    torch.testing.assert_close(
+        merge("linear", None, [a, b], {}, [{"weight": 3.0}, {"weight": 1.0}]), 0.75 * a + 0.25 * b
+    )
 
 
 def test_ties_keeps_only_entries_that_agree_with_the_elected_sign() -> None:
@@ -175,4 +177,6 @@ def test_breadcrumbs_band_drops_both_tails(n: int, density: float, gamma: float,
 def test_task_arithmetic_is_linear_in_lambda(lam: float, seed: int) -> None:
     base, experts = rand(7, seed=seed), [rand(7, seed=seed + 1), rand(7, seed=seed + 2)]
     one = merge("task_arithmetic", base, experts, {"lambda": 1.0})
-    torch.testing.assert_close(merge("task_arithmetic", base, experts, {"lambda": lam}), base + lam * (one - base), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        merge("task_arithmetic", base, experts, {"lambda": lam}), base + lam * (one - base), atol=1e-5, rtol=1e-5
+    )

@@ -38,7 +38,9 @@ def test_reader_matches_safe_open_for_every_dtype(tmp_path: Path) -> None:
     reader.close()
 
 
-def write_all(directory: Path, tensors: dict[str, torch.Tensor], shard_bytes: int, metadata: dict[str, str]) -> ShardedWriter:
+def write_all(
+    directory: Path, tensors: dict[str, torch.Tensor], shard_bytes: int, metadata: dict[str, str]
+) -> ShardedWriter:
     outputs = [OutputTensor(n, DTYPE_NAMES[t.dtype], tuple(t.shape)) for n, t in tensors.items()]
     writer = ShardedWriter(directory, plan_shards(outputs, shard_bytes), metadata)
     for name, tensor in tensors.items():
@@ -74,5 +76,9 @@ def test_writer_refuses_a_tensor_out_of_plan_order(tmp_path: Path) -> None:
 
 
 def test_tensor_larger_than_the_shard_limit_gets_its_own_shard() -> None:
-    outputs = [OutputTensor("small", "F32", (10,)), OutputTensor("big", "F32", (1000,)), OutputTensor("tail", "F32", (10,))]
+    outputs = [
+        OutputTensor("small", "F32", (10,)),
+        OutputTensor("big", "F32", (1000,)),
+        OutputTensor("tail", "F32", (10,)),
+    ]
     assert [[t.name for t in shard] for shard in plan_shards(outputs, 100)] == [["small"], ["big"], ["tail"]]

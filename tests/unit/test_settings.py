@@ -22,12 +22,17 @@ def test_layer_index_is_read_from_common_naming_schemes(name: str, index: int | 
 
 def test_gradient_interpolates_across_layers() -> None:
     gradient = [0.0, 0.5, 1.0]
-    values = [resolve_setting(gradient, f"model.layers.{i}.mlp.weight", layer_position(f"model.layers.{i}.mlp.weight", 5)) for i in range(5)]
+    values = [
+        resolve_setting(gradient, f"model.layers.{i}.mlp.weight", layer_position(f"model.layers.{i}.mlp.weight", 5))
+        for i in range(5)
+    ]
     assert values == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
 
 
 def test_tensors_outside_the_layers_take_the_gradients_first_value() -> None:
-    assert resolve_setting([0.2, 0.9], "model.embed_tokens.weight", layer_position("model.embed_tokens.weight", 4)) == 0.2
+    assert (
+        resolve_setting([0.2, 0.9], "model.embed_tokens.weight", layer_position("model.embed_tokens.weight", 4)) == 0.2
+    )
 
 
 def test_first_matching_filter_wins_and_the_unfiltered_condition_is_the_fallback() -> None:

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv, build three tiny Llama checkpoints under var/demo, and merge them with TIES.
+# (The service, `fdamerge up`, arrives with issue #4; this is the local CLI end to end.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+.venv/bin/python -m cli.demo var/demo

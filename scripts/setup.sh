@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install fda-merge into it (editable). CPU torch goes in first: an unpinned
+# torch from PyPI pulls several GB of CUDA packages. Pass "test" to add the test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+if [ "$extra" = "test" ]; then "${pip[@]}" -e ".[test]"; else "${pip[@]}" -e .; fi

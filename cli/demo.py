@@ -18,7 +18,9 @@ def build(directory: Path) -> list[Path]:
     paths = []
     for index, name in enumerate(["base", "expert-a", "expert-b"]):
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+        config = LlamaConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+        )
         model = LlamaForCausalLM(config)
         if index:
             generator = torch.Generator().manual_seed(index)

@@ -39,7 +39,10 @@ class LocalSource:
 
     def __init__(self, uri: str, path: Path) -> None:
         if not path.exists():
-            raise CheckpointError(f"{uri}: no such file or directory")
+            raise CheckpointError(
+                f"{uri}: no such file or directory (models are never fetched from the Hugging Face Hub; "
+                "give a local path, file:// or s3:// URI)"
+            )
         self.uri = uri
         self.single_file = path.is_file()
         self.root = path.parent if self.single_file else path

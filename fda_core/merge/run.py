@@ -19,7 +19,7 @@ from fda_core.checkpoints.reader import TensorReader
 from fda_core.checkpoints.writer import ShardedWriter, WrittenShard
 from fda_core.config import MergeConfig
 from fda_core.errors import ConfigError, MergeCancelled
-from fda_core.merge.output import copy_side_files, staging_directory, write_records
+from fda_core.merge.output import check_output_free, copy_side_files, staging_directory, write_records
 from fda_core.merge.plan import MergePlan, TensorTask, build_plan
 from fda_core.merge.provenance import build_provenance, safetensors_metadata
 from fda_core.methods.base import TensorInputs
@@ -67,6 +67,7 @@ def run_merge(
     report = on_progress or (lambda progress: None)
     clock = _PhaseClock()
     device = resolve_device(options.device)
+    check_output_free(Path(out_dir), options.overwrite)
     report(MergeProgress("validate", 0, 1))
     plan = build_plan(config, options.max_shard_bytes)
     clock.lap("validate")

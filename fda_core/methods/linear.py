@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fda_core.errors import ConfigError
 from fda_core.methods.base import MergeMethod, Params, TensorInputs
 from fda_core.methods.registry import register
 
@@ -26,5 +27,9 @@ class Linear(MergeMethod):
         for tensor, weight in zip(inputs.experts, weights):
             result.add_(tensor, alpha=weight)
         if inputs.params.normalize:
+            if abs(sum(weights)) < 1e-8:
+                raise ConfigError(
+                    f"tensor '{inputs.name}': linear weights sum to 0, cannot normalise; set normalize: false"
+                )
             result.div_(sum(weights))
         return result

@@ -284,7 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the models even if cached")
     parser.add_argument("--threads", type=int, default=None, help="set OMP_NUM_THREADS for both tools")
-    parser.add_argument("--keep-cache", action="store_true", help="keep the built models afterwards (default: delete)")
+    parser.add_argument("--clean", action="store_true", help="delete the built models afterwards (default: keep)")
     return parser.parse_args(argv)
 
 
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     for _, diff_line in results.values():
         print(diff_line)
     print(f"(peak RSS is each child's own ru_maxrss from os.wait4; this process: {_self_rss():.2f} GiB)")
-    if not args.keep_cache:
+    if args.clean:
         shutil.rmtree(CACHE, ignore_errors=True)
 
 

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from fda_core.config import load_config
     from fda_core.merge.run import MergeOptions, run_merge
-    from service.s3_checkpoints import register_s3
     from service.settings import Settings, get_settings
+    from service.sources import register_s3
 
     config = load_config(args.config)
     if args.seed is not None:

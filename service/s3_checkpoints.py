@@ -14,10 +14,8 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fda_core.checkpoints.sources import register_scheme
 from fda_core.errors import CheckpointError
-from service.s3 import make_s3_client, split_s3_uri
-from service.settings import Settings, get_settings
+from service.s3 import split_s3_uri
 
 CHUNK_BYTES = 8 << 20
 SINGLE_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -120,10 +118,3 @@ def _describe(exc: Exception) -> str:
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
     return str(exc)
-
-
-def register_s3(settings: Settings | None = None) -> None:
-    """Teach fda_core to open s3:// URIs with these settings."""
-    settings = settings or get_settings()
-    client = make_s3_client(settings.s3_endpoint_url, settings.s3_region)
-    register_scheme("s3", lambda uri: S3Source(uri, client, settings.cache_dir))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +138,47 @@ class ShardedWriter:
         weight_map = {t.name: file for file, shard in zip(self.files, self.shards) for t in shard}
         doc = {"metadata": {"total_size": total, **metadata}, "weight_map": dict(sorted(weight_map.items()))}
         (self.directory / INDEX_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+class BackgroundWriter:
+    """Writes through a ShardedWriter on a thread, so disk writes overlap the next tensor's merge.
+
+    At most `depth` merged tensors wait in the queue: memory stays bounded by a few tensors.
+    """
+
+    def __init__(self, writer: ShardedWriter, depth: int = 2) -> None:
+        self.writer = writer
+        self._queue: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.writer.write(*item)
+                except BaseException as exc:  # re-raised in the merging thread
+                    self._error = exc
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._raise_pending()
+        self._queue.put((name, tensor))
+
+    def finish(self, metadata: dict[str, str]) -> list[WrittenShard]:
+        self._stop()
+        self._raise_pending()
+        return self.writer.finish(metadata)
+
+    def abort(self) -> None:
+        self._stop()
+        self.writer.abort()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error

@@ -16,7 +16,7 @@ import torch
 from fda_core.checkpoints.header import DTYPES
 from fda_core.checkpoints.layout import CheckpointLayout
 from fda_core.checkpoints.reader import TensorReader
-from fda_core.checkpoints.writer import ShardedWriter, WrittenShard
+from fda_core.checkpoints.writer import BackgroundWriter, ShardedWriter, WrittenShard
 from fda_core.config import MergeConfig
 from fda_core.errors import ConfigError, MergeCancelled
 from fda_core.merge.output import check_output_free, copy_side_files, staging_directory, write_records
@@ -112,7 +112,7 @@ def _merge_tensors(
     report: ProgressCallback,
     should_cancel: CancelCallback | None,
 ) -> list[WrittenShard]:
-    writer = ShardedWriter(staging, plan.shards, safetensors_metadata(build_provenance(plan, None)))
+    writer = BackgroundWriter(ShardedWriter(staging, plan.shards, safetensors_metadata(build_provenance(plan, None))))
     readers = [TensorReader(layout) for layout in plan.inputs]
     try:
         for done, task in enumerate(plan.tasks):

@@ -7,6 +7,7 @@ tensor, each expert's parameters, and a generator seeded for this tensor alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,8 +38,12 @@ class TensorInputs:
 
     def task_vectors(self) -> list[torch.Tensor]:
         """τᵢ = θᵢ − θ0."""
+        return list(self.lazy_task_vectors())
+
+    def lazy_task_vectors(self) -> Iterator[torch.Tensor]:
+        """τᵢ = θᵢ − θ0, computed one at a time as the caller asks."""
         assert self.base is not None
-        return [expert - self.base for expert in self.experts]
+        return (expert - self.base for expert in self.experts)
 
     def weights(self) -> torch.Tensor:
         like = self.experts[0]

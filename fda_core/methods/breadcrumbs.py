@@ -25,8 +25,8 @@ class Breadcrumbs(MergeMethod):
 
     def merge(self, inputs: TensorInputs) -> torch.Tensor:
         assert inputs.base is not None and isinstance(inputs.params, ScaledParams)
-        masked = [
+        masked = (
             tau * band_mask(tau, p.density, p.gamma)  # type: ignore[attr-defined]
-            for tau, p in zip(inputs.task_vectors(), inputs.model_params)
-        ]
+            for tau, p in zip(inputs.lazy_task_vectors(), inputs.model_params)
+        )
         return weighted_sum(inputs.base, masked, inputs.weights(), inputs.params)

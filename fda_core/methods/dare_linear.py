@@ -6,6 +6,7 @@ Default rescale is the paper's 1/density; `rescale: l1` matches the L1 norm as m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -24,15 +25,13 @@ class DareParams(ScaledParams):
     rescale: Literal["inverse_density", "l1", "none"] = "inverse_density"
 
 
-def dropped_task_vectors(inputs: TensorInputs) -> list[torch.Tensor]:
-    """τ̂ᵢ = rescale(mᵢ ⊙ τᵢ), mᵢ ~ Bernoulli(densityᵢ), from this tensor's own generator."""
+def dropped_task_vectors(inputs: TensorInputs) -> Iterator[torch.Tensor]:
+    """τ̂ᵢ = rescale(mᵢ ⊙ τᵢ), mᵢ ~ Bernoulli(densityᵢ), from this tensor's own generator, in model order."""
     assert isinstance(inputs.params, DareParams)
-    out = []
-    for tau, p in zip(inputs.task_vectors(), inputs.model_params):
+    for tau, p in zip(inputs.lazy_task_vectors(), inputs.model_params):
         density = p.density  # type: ignore[attr-defined]
         kept = tau * bernoulli_mask(tau, density, inputs.generator)
-        out.append(rescale(tau, kept, density, inputs.params.rescale))
-    return out
+        yield rescale(tau, kept, density, inputs.params.rescale)
 
 
 @register

@@ -16,4 +16,4 @@ class DareTies(DareLinear):
 
     def merge(self, inputs: TensorInputs) -> torch.Tensor:
         assert inputs.base is not None and isinstance(inputs.params, DareParams)
-        return sign_elected_sum(inputs.base, dropped_task_vectors(inputs), inputs.weights(), inputs.params)
+        return sign_elected_sum(inputs.base, list(dropped_task_vectors(inputs)), inputs.weights(), inputs.params)

@@ -17,4 +17,4 @@ class TaskArithmetic(MergeMethod):
 
     def merge(self, inputs: TensorInputs) -> torch.Tensor:
         assert inputs.base is not None and isinstance(inputs.params, ScaledParams)
-        return weighted_sum(inputs.base, inputs.task_vectors(), inputs.weights(), inputs.params)
+        return weighted_sum(inputs.base, inputs.lazy_task_vectors(), inputs.weights(), inputs.params)

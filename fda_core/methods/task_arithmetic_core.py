@@ -7,6 +7,8 @@ elected sign γ = sign(Σ wᵢτ̂ᵢ). Semantics follow mergekit 0.1.5 so its Y
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from pydantic import Field
 
@@ -23,20 +25,24 @@ class DensityModelParams(ModelParams):
 
 
 def weighted_sum(
-    base: torch.Tensor, deltas: list[torch.Tensor], weights: torch.Tensor, params: ScaledParams
+    base: torch.Tensor, deltas: Iterable[torch.Tensor], weights: torch.Tensor, params: ScaledParams
 ) -> torch.Tensor:
-    """θ0 + λ·Σ wᵢτᵢ (÷ Σ wᵢ when normalising), accumulated without stacking the deltas."""
+    """θ0 + λ·Σ wᵢτᵢ (÷ Σ wᵢ when normalising).
+
+    `deltas` are fresh tensors, consumed in place; pass a generator so one τᵢ exists at a time.
+    """
     divisor = float(weights.sum()) if params.normalize else 1.0
-    if abs(divisor) < 1e-8:
-        divisor = 1.0
-    mixed = torch.zeros_like(base)
+    scale = params.lambda_ / (divisor if abs(divisor) >= 1e-8 else 1.0)
+    mixed: torch.Tensor | None = None
     for delta, weight in zip(deltas, weights.tolist()):
-        mixed.add_(delta, alpha=weight)
-    if params.normalize:
-        mixed.div_(divisor)
-    if params.lambda_ != 1:
-        mixed.mul_(params.lambda_)
-    return base + mixed
+        if mixed is None:
+            mixed = delta.mul_(weight)
+        else:
+            mixed.add_(delta, alpha=weight)
+    assert mixed is not None
+    if scale != 1:
+        mixed.mul_(scale)
+    return mixed.add_(base)
 
 
 def sign_elected_sum(

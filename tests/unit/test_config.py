@@ -57,7 +57,9 @@ def test_weight_shorthand_and_parameters_weight_agree() -> None:
 
 def test_gradient_and_filter_values_are_validated_up_front() -> None:
     with pytest.raises(ConfigError, match=r"parameters\.t: Input should be less than or equal to 1 \(got 2\)"):
-        parse_config({"method": "slerp", "base_model": "a", "models": [{"model": "b"}], "parameters": {"t": [0, {"value": 2}]}})
+        parse_config(
+            {"method": "slerp", "base_model": "a", "models": [{"model": "b"}], "parameters": {"t": [0, {"value": 2}]}}
+        )
 
 
 def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:

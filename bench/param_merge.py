@@ -2,7 +2,7 @@
 
 Builds (once) a ~60M-parameter Llama-style base model and two noisy "experts" from a LlamaConfig,
 writes mergekit-format YAML configs for task_arithmetic and TIES, then runs both tools as whole
-processes, alternating, and reports wall time and each child's own peak RSS (via os.wait4).
+processes, alternating, and reports wall time and each child's own peak RSS (bench/measure.py).
 
 Run:  .venv/bin/python bench/param_merge.py --repeats 3
 """
@@ -17,10 +17,8 @@ import resource
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors import safe_open  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache" / "param_merge"
@@ -153,16 +154,8 @@ def child_env(threads: int | None) -> dict[str, str]:
 
 
 def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
-    """Run `cmd` as a child; return (wall seconds, peak RSS GiB, exit status, tail of its output)."""
-    with tempfile.TemporaryFile() as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        tail = log.read().decode(errors="replace")[-4000:]
-    return wall, usage.ru_maxrss / 2**20, proc.returncode, tail
+    """Run `cmd` as a whole process; return (wall seconds, peak RSS GiB, exit status, tail of its output)."""
+    return run_measured(cmd, env)
 
 
 def max_abs_diff(a: Path, b: Path) -> tuple[float, str]:
@@ -314,7 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for _, diff_line in results.values():
         print(diff_line)
-    print(f"(peak RSS is each child's own ru_maxrss from os.wait4; this process: {_self_rss():.2f} GiB)")
+    print(
+        f"(peak RSS is each child's own ru_maxrss, from a small launcher: bench/measure.py; this process: {_self_rss():.2f} GiB)"
+    )
     if args.clean:
         shutil.rmtree(CACHE, ignore_errors=True)
 

@@ -1,7 +1,9 @@
 """WUDI merging (Cheng et al., 2025): fit one task vector that acts like each τᵢ on τᵢ's own span.
 
-Per 2-D tensor, start from τm = Σ τᵢ and minimise Σᵢ ‖(τm − τᵢ)τᵢᵀ‖²_F / ‖τᵢ‖²_F with Adam;
-other tensors take the mean task vector. θ = θ0 + τm.
+Per linear weight inside the repeated blocks, start from τm = Σ τᵢ and minimise
+Σᵢ ‖(τm − τᵢ)τᵢᵀ‖²_F / ‖τᵢ‖²_F with Adam; other tensors (embeddings, heads, norms, biases) take the
+mean task vector, as in the paper. θ = θ0 + τm. (Vocabulary-sized matrices are excluded for cost
+too: one Adam step on a 32k×512 embedding is ~50 GFLOP.)
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from fda_core.merge.settings import layer_index
 from fda_core.methods.base import MergeMethod, Params, TensorInputs
 from fda_core.methods.registry import register
 
@@ -50,6 +53,6 @@ class Wudi(MergeMethod):
     def merge(self, inputs: TensorInputs) -> torch.Tensor:
         assert inputs.base is not None and isinstance(inputs.params, WudiParams)
         taus = inputs.task_vectors()
-        if inputs.base.dim() == 2:
+        if inputs.base.dim() == 2 and layer_index(inputs.name) is not None:
             return inputs.base + wudi_delta(taus, inputs.params)
         return inputs.base + torch.stack(taus).mean(dim=0)

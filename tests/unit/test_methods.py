@@ -128,7 +128,14 @@ def test_iso_c_flattens_the_spectrum_of_the_summed_task_vector() -> None:
 
 def test_wudi_without_steps_is_the_sum_of_task_vectors() -> None:
     base, experts = rand(6, 3), [rand(6, 3, seed=1), rand(6, 3, seed=2)]
-    torch.testing.assert_close(merge("wudi", base, experts, {"steps": 0}), base + sum(e - base for e in experts))
+    got = merge("wudi", base, experts, {"steps": 0}, name="model.layers.0.self_attn.q_proj.weight")
+    torch.testing.assert_close(got, base + sum(e - base for e in experts))
+
+
+def test_wudi_takes_the_mean_task_vector_outside_the_blocks() -> None:
+    base, experts = rand(6, 3), [rand(6, 3, seed=1), rand(6, 3, seed=2)]
+    got = merge("wudi", base, experts, {"steps": 50, "lr": 1e-2}, name="model.embed_tokens.weight")
+    torch.testing.assert_close(got, base + sum(e - base for e in experts) / 2)
 
 
 @pytest.mark.parametrize("shape", [(6, 20), (20, 6)])
@@ -139,7 +146,7 @@ def test_wudi_lowers_its_interference_objective(shape) -> None:
     taus = [e - base for e in experts]
     grams = [None] * 3
     start = interference(sum(taus), taus, grams)
-    merged = merge("wudi", base, experts, {"steps": 200, "lr": 1e-2})
+    merged = merge("wudi", base, experts, {"steps": 200, "lr": 1e-2}, name="model.layers.0.mlp.up_proj.weight")
     assert interference(merged, taus, grams) < 0.5 * start
 
 

@@ -1,0 +1,221 @@
+"""Find a model's repeated blocks and run one with any weights via torch.func.functional_call.
+
+A block skeleton comes from a one-layer copy of the model built from its config (random weights,
+never used: every parameter is supplied by the caller), so memory is one layer whatever the
+model's depth. The block's call arguments (causal masks, rotary position embeddings, position
+ids) are captured once with a forward pre-hook while the one-layer model runs on a dummy input
+of the anchor shape, and replayed for every call; batch-1 tensors broadcast over the anchors.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fda_core.errors import ConfigError
+from fda_core.fda.objective import Params
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+@dataclass
+class Block:
+    """One block of a model, addressed by checkpoint tensor names; blocks of a stack share a skeleton."""
+
+    prefix: str  # checkpoint tensor-name prefix, e.g. "model.layers.3."
+    module: nn.Module  # used as a skeleton only: every parameter comes from the caller
+    anchor_shape: tuple[int, ...]  # one anchor: (T, d), or (d,) for FFN-only / MLP blocks
+    call_args: tuple[Any, ...] = ()
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
+    renames: dict[str, str] = field(default_factory=dict)  # module name → checkpoint name, where they differ
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """Block-relative module names, e.g. "self_attn.q_proj.weight"."""
+        return [name for name, _ in self.module.named_parameters()]
+
+    def checkpoint_name(self, parameter: str) -> str:
+        """The checkpoint tensor holding `parameter` (transformers may save legacy names)."""
+        return self.prefix + self.renames.get(parameter, parameter)
+
+    def tensor_names(self) -> list[str]:
+        return [self.checkpoint_name(name) for name in self.parameter_names]
+
+    def __call__(self, params: Params, anchors: torch.Tensor) -> torch.Tensor:
+        """Block output for anchors (b, *anchor_shape) with the given block-relative params."""
+        out = functional_call(self.module, params, (anchors, *self.call_args), self.call_kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def layer_count(config: dict[str, Any]) -> int:
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    raise ConfigError("config.json gives no layer count (num_hidden_layers / n_layer); pass parameters.blocks")
+
+
+def discover_blocks(
+    config: dict[str, Any], tensor_names: list[str], *, tokens: int, blocks: str | None = None, ffn_only: bool = False
+) -> list[Block]:
+    """Blocks of the Hugging Face model described by `config` whose checkpoint has `tensor_names`."""
+    if config.get("model_type") == "fda_mlp":
+        from fda_core.fda.mlp import mlp_blocks
+
+        return mlp_blocks(config, tensor_names)
+    skeleton = _one_layer_model(config)
+    path = _resolve_block_path(skeleton, blocks) if blocks else _find_block_list(skeleton, config)
+    block_list = cast(nn.ModuleList, skeleton.get_submodule(path))
+    args, kwargs, width = _capture_call(skeleton, block_list[0], config, tokens)
+    module: nn.Module = block_list[0]
+    saved_path, renames = _saved_names(skeleton, path)
+    prefixes = _checkpoint_prefixes(saved_path, tensor_names, layer_count(config))
+    if ffn_only:
+        module, prefixes, renames = _ffn_of(module, prefixes, renames, path)
+        return [Block(prefix, module.eval(), (width,), renames=renames) for prefix in prefixes]
+    shape = (int(args[0].shape[1]), width)
+    return [Block(prefix, module.eval(), shape, args[1:], kwargs, renames) for prefix in prefixes]
+
+
+def _one_layer_model(config: dict[str, Any]) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    values = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "auto_map")}
+    model_type = config.get("model_type")
+    if not model_type:
+        raise ConfigError("config.json has no model_type; pass parameters.blocks for a custom model")
+    try:
+        hf_config = AutoConfig.for_model(model_type, **values)
+    except ValueError as exc:
+        raise ConfigError(
+            f"model_type '{model_type}' is unknown to transformers ({exc}); pass parameters.blocks"
+        ) from None
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(getattr(hf_config, key, None), int):
+            setattr(hf_config, key, 1)
+    hf_config.use_cache = False
+    torch.manual_seed(0)
+    return AutoModel.from_config(hf_config, attn_implementation="sdpa", trust_remote_code=False).float().eval()
+
+
+def _resolve_block_path(skeleton: nn.Module, given: str) -> str:
+    """Accept the module path ("layers") or the checkpoint's ("model.layers")."""
+    parts = given.strip(".").split(".")
+    for start in range(len(parts)):
+        path = ".".join(parts[start:])
+        try:
+            module = skeleton.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return path
+    lists = [name for name, m in skeleton.named_modules() if isinstance(m, nn.ModuleList)]
+    raise ConfigError(
+        f"blocks: '{given}' is not a list of layers in {type(skeleton).__name__}; layer lists: {', '.join(lists)}"
+    )
+
+
+def _find_block_list(skeleton: nn.Module, config: dict[str, Any]) -> str:
+    candidates = [
+        name for name, module in skeleton.named_modules() if isinstance(module, nn.ModuleList) and len(module) == 1
+    ]
+    candidates = [name for name in candidates if any(p.numel() for p in skeleton.get_submodule(name).parameters())]
+    if len(candidates) != 1:
+        found = ", ".join(candidates) or "none"
+        raise ConfigError(
+            f"cannot tell the repeated blocks of model_type '{config.get('model_type')}' (candidates: {found}); "
+            "pass parameters.blocks, e.g. blocks: model.layers"
+        )
+    return candidates[0]
+
+
+class _Captured(Exception):
+    pass
+
+
+def _capture_call(
+    skeleton: nn.Module, block: nn.Module, config: dict[str, Any], tokens: int
+) -> tuple[tuple, dict, int]:
+    """Run the one-layer model on a dummy input and keep block 0's call arguments."""
+    captured: dict[str, Any] = {}
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _Captured
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            skeleton(**_dummy_inputs(config, tokens))
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in captured:
+        raise ConfigError("the model ran without calling its blocks; pass parameters.blocks")
+    hidden = captured["args"][0] if captured["args"] else captured["kwargs"].pop("hidden_states")
+    kwargs = {
+        k: v for k, v in captured["kwargs"].items() if k not in ("past_key_values", "use_cache", "output_attentions")
+    }
+    return (hidden, *captured["args"][1:]), kwargs, int(hidden.shape[-1])
+
+
+def _dummy_inputs(config: dict[str, Any], tokens: int) -> dict[str, torch.Tensor]:
+    if "image_size" in config and "num_channels" in config:
+        size = config["image_size"]
+        return {"pixel_values": torch.zeros(1, config["num_channels"], size, size)}
+    return {"input_ids": torch.zeros(1, tokens, dtype=torch.long)}
+
+
+def _saved_names(skeleton: nn.Module, path: str) -> tuple[str, dict[str, str]]:
+    """Where save_pretrained puts block 0's tensors: transformers 5 saves some models under legacy
+    names (ViT: `layers.0.attention.k_proj` is saved as `encoder.layer.0.attention.attention.key`).
+    Returns the saved block path and {module-relative name: saved-relative name}."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4 saves module names as they are
+        return path, {}
+    block = cast(nn.ModuleList, skeleton.get_submodule(path))[0]
+    ours = {id(p): name for name, p in block.named_parameters()}
+    saved = revert_weight_conversion(skeleton, dict(skeleton.state_dict(keep_vars=True)))  # type: ignore[arg-type]
+    mapping = {ours[id(t)]: name for name, t in saved.items() if id(t) in ours}
+    if len(mapping) != len(ours):
+        raise ConfigError(f"blocks at '{path}' are saved in a converted layout (fused or split tensors); not supported")
+    block_path = _common_block_path(list(mapping.values()), path)
+    renames = {rel: name[len(block_path) + 3 :] for rel, name in mapping.items() if name[len(block_path) + 3 :] != rel}
+    return block_path, renames
+
+
+def _common_block_path(saved_names: list[str], path: str) -> str:
+    """'encoder.layer' from names like 'encoder.layer.0.attention.attention.key.weight'."""
+    paths = {name.split(".0.", 1)[0] for name in saved_names if ".0." in name}
+    if len(paths) != 1:
+        raise ConfigError(
+            f"cannot map the blocks at '{path}' to checkpoint names ({sorted(paths)}); pass parameters.blocks"
+        )
+    return paths.pop()
+
+
+def _checkpoint_prefixes(path: str, tensor_names: list[str], count: int) -> list[str]:
+    """'layers' in the model ↔ 'model.layers.0.' in a checkpoint saved from a wrapper (…ForCausalLM)."""
+    pattern = re.compile(rf"^(.*?){re.escape(path)}\.0\.")
+    for name in tensor_names:
+        match = pattern.match(name)
+        if match and (match.group(1) == "" or match.group(1).endswith(".")):
+            return [f"{match.group(1)}{path}.{layer}." for layer in range(count)]
+    raise ConfigError(f"no checkpoint tensor starts with '…{path}.0.'; pass parameters.blocks matching the checkpoint")
+
+
+def _ffn_of(
+    layer: nn.Module, prefixes: list[str], renames: dict[str, str], path: str
+) -> tuple[nn.Module, list[str], dict[str, str]]:
+    for name in ("mlp", "feed_forward", "ffn"):
+        if isinstance(getattr(layer, name, None), nn.Module):
+            sub = {k[len(name) + 1 :]: v[len(name) + 1 :] for k, v in renames.items() if k.startswith(name + ".")}
+            return copy.deepcopy(getattr(layer, name)), [f"{p}{name}." for p in prefixes], sub
+    raise ConfigError(f"ffn_only: the blocks at '{path}' have no mlp / feed_forward module")

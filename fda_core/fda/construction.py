@@ -31,15 +31,17 @@ class ConstructionSettings:
 
 @dataclass
 class ConstructionResult:
-    anchors: torch.Tensor  # (N, n, …) the best-loss anchors
-    loss: float  # mean (1 − cos) over active (task, tensor) pairs, at the best step
-    cosines: dict[str, torch.Tensor]  # {tensor: (N,)} at the best step
-    active: dict[str, torch.Tensor]  # {tensor: (N,) bool} tensors that entered the loss
-    steps: int
-    history: list[float] = field(default_factory=list)
+    """Per task i: its best anchors, their mean (1 − cos) and per-tensor cosines, and steps run."""
+
+    anchors: torch.Tensor  # (N, n, …)
+    loss: torch.Tensor  # (N,) mean (1 − cos) over task i's active tensors, at its best step
+    cosines: dict[str, torch.Tensor]  # {tensor: (N,)} at each task's best step
+    active: dict[str, torch.Tensor]  # {tensor: (N,) bool}: pairs that entered the loss
+    steps: list[int]  # steps each task ran before its plateau (or the budget)
+    history: list[list[float]] = field(default_factory=list)  # per step, per task mean (1 − cos)
 
 
-StepCallback = Callable[[int, float], None]  # (step, mean 1 − cos)
+StepCallback = Callable[[int, list[float]], None]  # (step, per-task mean 1 − cos)
 
 
 def active_tensors(grads: dict[str, torch.Tensor], taus: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -48,6 +50,44 @@ def active_tensors(grads: dict[str, torch.Tensor], taus: dict[str, torch.Tensor]
         name: (taus[name].flatten(1).abs().amax(dim=1) > ZERO) & (grad.flatten(1).abs().amax(dim=1) > ZERO)
         for name, grad in grads.items()
     }
+
+
+class _Tracker:
+    """Per task: best loss, its anchors and cosines, and whether the task has plateaued.
+
+    A task's result depends only on its own trajectory (the loss is separable and AdamW is
+    elementwise), so constructing tasks together or apart gives the same anchors.
+    """
+
+    def __init__(self, anchors: torch.Tensor, cosines: dict[str, torch.Tensor], settings: ConstructionSettings) -> None:
+        tasks = anchors.shape[0]
+        self.settings = settings
+        self.best = torch.full((tasks,), math.inf)
+        self.anchors = anchors.detach().clone()
+        self.cosines = {k: v.clone() for k, v in cosines.items()}
+        self.done = [False] * tasks
+        self.steps = [0] * tasks
+        self.history: list[list[float]] = []
+
+    def record(self, step: int, gaps: torch.Tensor, anchors: torch.Tensor, cosines: dict[str, torch.Tensor]) -> None:
+        self.history.append(gaps.tolist())
+        for i in range(len(self.done)):
+            if self.done[i]:
+                continue
+            self.steps[i] = step + 1
+            if gaps[i] < self.best[i]:
+                self.best[i] = gaps[i]
+                self.anchors[i] = anchors[i].detach()
+                for name, value in cosines.items():
+                    self.cosines[name][i] = value[i]
+            self.done[i] = self._plateaued(i)
+
+    def _plateaued(self, task: int) -> bool:
+        patience = self.settings.patience
+        if len(self.history) <= patience:
+            return False
+        series = [row[task] for row in self.history]
+        return min(series[:-patience]) - min(series) < self.settings.tolerance
 
 
 def construct_anchors(
@@ -65,30 +105,19 @@ def construct_anchors(
     optimiser = torch.optim.AdamW([anchors], lr=settings.lr)
     first = _gradients(block, theta0, experts, anchors.detach(), settings)
     active = active_tensors(first, taus)
-    pairs = max(1, int(sum(int(a.sum()) for a in active.values())))
-    best = (math.inf, anchors.detach().clone(), per_tensor_cosines(first, taus), 0)
-    history: list[float] = []
+    pairs = torch.stack([a for a in active.values()]).sum(dim=0).clamp_min(1).float()  # (N,)
+    tracker = _Tracker(anchors, per_tensor_cosines(first, taus), settings)
     for step in range(settings.steps):
-        if should_stop is not None and should_stop():
+        if all(tracker.done) or (should_stop is not None and should_stop()):
             break
         optimiser.zero_grad(set_to_none=True)
-        loss, grads = _loss_and_backward(block, theta0, experts, taus, active, anchors, settings)
-        mean_gap = loss / pairs
-        history.append(mean_gap)
-        if mean_gap < best[0]:
-            best = (mean_gap, anchors.detach().clone(), per_tensor_cosines(grads, taus), step)
+        losses, grads = _loss_and_backward(block, theta0, experts, taus, active, anchors, settings)
+        gaps = losses.cpu() / pairs.cpu()
+        tracker.record(step, gaps, anchors, per_tensor_cosines(grads, taus))
         if on_step is not None:
-            on_step(step, mean_gap)
-        if _plateaued(history, settings):
-            break
+            on_step(step, gaps.tolist())
         optimiser.step()
-    return ConstructionResult(best[1], best[0], best[2], active, len(history), history)
-
-
-def _plateaued(history: list[float], settings: ConstructionSettings) -> bool:
-    if len(history) <= settings.patience:
-        return False
-    return min(history[: -settings.patience]) - min(history) < settings.tolerance
+    return ConstructionResult(tracker.anchors, tracker.best, tracker.cosines, active, tracker.steps, tracker.history)
 
 
 def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
@@ -120,19 +149,19 @@ def _loss_and_backward(
     active: dict[str, torch.Tensor],
     anchors: torch.Tensor,
     settings: ConstructionSettings,
-) -> tuple[float, dict[str, torch.Tensor]]:
-    """L and ∂L/∂X accumulated into anchors.grad; exact whether or not the pass is chunked."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-task L (N,) and ∂ΣL/∂X accumulated into anchors.grad; exact whether or not the pass is chunked."""
     n = anchors.shape[1]
     chunks = _chunks(n, settings.chunk_size)
     if len(chunks) == 1:
         grads = similarity_gradients(block, theta0, experts, anchors, create_graph=True, kind=settings.similarity)
         loss = alignment_loss(grads, taus, active)
-        loss.backward()
-        return float(loss.detach()), {k: v.detach() for k, v in grads.items()}
+        loss.sum().backward()
+        return loss.detach(), {k: v.detach() for k, v in grads.items()}
     total = _gradients(block, theta0, experts, anchors.detach(), settings)
     leaves = {k: v.requires_grad_(True) for k, v in total.items()}
     loss = alignment_loss(leaves, taus, active)
-    directions = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))  # v = ∂L/∂g
+    directions = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values()))))  # v = ∂L/∂g
     for start, end in chunks:
         weight = (end - start) / n
         part = similarity_gradients(
@@ -140,4 +169,4 @@ def _loss_and_backward(
         )
         inner = sum((part[k] * directions[k]).sum() for k in part)
         inner.backward()  # type: ignore[union-attr]
-    return float(loss.detach()), {k: v.detach() for k, v in total.items()}
+    return loss.detach(), {k: v.detach() for k, v in total.items()}

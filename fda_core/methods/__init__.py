@@ -1,5 +1,4 @@
 """Parameter-space merge methods, one module each, registered by name on import."""
-
 from fda_core.methods import (  # noqa: F401  (importing registers each method)
     breadcrumbs,
     dare_linear,
@@ -7,6 +6,7 @@ from fda_core.methods import (  # noqa: F401  (importing registers each method)
     iso_c,
     linear,
     model_stock,
+    pretrained,
     slerp,
     task_arithmetic,
     ties,

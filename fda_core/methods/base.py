@@ -61,6 +61,7 @@ class MergeMethod:
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
     uses_randomness: ClassVar[bool] = False
+    layerwise: ClassVar[bool] = False  # merges whole blocks (FDA), not one tensor at a time
 
     def merge(self, inputs: TensorInputs) -> torch.Tensor:
         raise NotImplementedError

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return _merge(args)
-    except FdaMergeError as exc:
+    except (FdaMergeError, OSError) as exc:
         print(f"fdamerge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -42,14 +42,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from fda_core.config import load_config
+    from fda_core.config import load_config, parse_config
     from fda_core.merge.run import MergeOptions, run_merge
     from service.settings import Settings, get_settings
     from service.sources import register_s3
 
     config = load_config(args.config)
     if args.seed is not None:
-        config = config.model_copy(update={"seed": args.seed})
+        config = parse_config({**config.model_dump(), "seed": args.seed}, where="--seed")
     settings = get_settings()
     if args.s3_endpoint_url:
         settings = Settings(**{**settings.model_dump(), "s3_endpoint_url": args.s3_endpoint_url})
@@ -61,7 +61,7 @@ def _merge(args: argparse.Namespace) -> int:
     size = sum(shard.bytes for shard in result.shards)
     print(
         f"merged {result.tensors} tensors ({result.parameters / 1e6:.1f}M parameters) of "
-        f"{len(config.input_locations())} inputs with {result.method} in {time.perf_counter() - started:.1f} s "
+        f"{len(set(config.input_locations()))} inputs with {result.method} in {time.perf_counter() - started:.1f} s "
         f"-> {result.output_dir} ({len(result.shards)} shard{'s' if len(result.shards) > 1 else ''}, {format_bytes(size)})"
     )
     return 0

@@ -42,6 +42,11 @@ def from_mergekit(doc: dict[str, Any], where: str = "config") -> dict[str, Any]:
     models = _inputs(doc, where)
     if method == "linear":
         if base and not any(_same(m["model"], base) for m in models):
+            if "weight" not in (doc.get("parameters") or {}):
+                raise ConfigError(
+                    f"{where}: mergekit's linear averages base_model in as well but no weight is given for it "
+                    "(mergekit 0.1.5 refuses this file); list the base under models with a weight"
+                )
             models.append({"model": base, "parameters": {}})
     else:
         models = [m for m in models if not (base and _same(m["model"], base))]
@@ -76,7 +81,9 @@ def _inputs_from_slices(slices: list[dict[str, Any]], where: str) -> list[dict[s
     return [{"model": _reference(s, where), "parameters": _drop(s.get("parameters") or {})} for s in sources]
 
 
-def _reference(entry: dict[str, Any], where: str) -> str:
+def _reference(entry: Any, where: str) -> str:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: every models entry is a mapping with a model key, got {entry!r}")
     model = entry.get("model")
     if not isinstance(model, str):
         raise ConfigError(f"{where}: every model entry needs a model path, got {entry!r}")

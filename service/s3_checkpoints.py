@@ -58,38 +58,58 @@ class S3Source:
         return sorted(self._objects)
 
     def size(self, name: str) -> int:
+        self._check_listed(name)
         return int(self._objects[name]["size"])
 
+    def _check_listed(self, name: str) -> None:
+        if name not in self._objects:
+            raise CheckpointError(f"{self.uri}: no object named {name!r} under this prefix")
+
     def read_range(self, name: str, start: int, length: int) -> bytes:
+        self._check_listed(name)
         if length == 0:
             return b""
+        where = f"s3://{self.bucket}/{self.prefix}{name}"
         try:
-            response = self.client.get_object(
-                Bucket=self.bucket, Key=self.prefix + name, Range=f"bytes={start}-{start + length - 1}"
-            )
-            return response["Body"].read()
+            byte_range = f"bytes={start}-{start + length - 1}"
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name, Range=byte_range)
+            data = response["Body"].read(length)  # bounded even if a store ignores Range
         except (ClientError, BotoCoreError) as exc:
-            raise CheckpointError(f"s3://{self.bucket}/{self.prefix}{name}: {_describe(exc)}") from None
+            raise CheckpointError(f"{where}: {_describe(exc)}") from None
+        if len(data) != length:
+            raise CheckpointError(f"{where}: asked for {length} bytes at offset {start}, got {len(data)}")
+        return data
 
     def local_path(self, name: str) -> Path:
-        path = self.cache_dir / (self.prefix + name)
+        self._check_listed(name)
+        path = self.cache_dir / "objects" / (self.prefix + name)
         if self._cached_record(path, name) is None:
             self._download(name, path)
         return path
 
-    def sha256(self, name: str) -> str:
+    def sha256(self, name: str, stop: object = None) -> str:
         path = self.local_path(name)
         record = self._cached_record(path, name)
         assert record is not None
         return str(record["sha256"])
 
+    def _record_path(self, name: str) -> Path:
+        return self.cache_dir / "records" / (self.prefix + name + ".json")  # apart from objects: no name clashes
+
     def _cached_record(self, path: Path, name: str) -> dict | None:
-        sidecar = path.with_name(path.name + ".fdameta.json")
-        if not (path.exists() and sidecar.exists()):
+        record_path = self._record_path(name)
+        if not (path.exists() and record_path.exists()):
             return None
-        record = json.loads(sidecar.read_text())
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
         expected = self._objects[name]
-        if record.get("etag") != expected["etag"] or path.stat().st_size != expected["size"]:
+        if (
+            not isinstance(record, dict)
+            or record.get("etag") != expected["etag"]
+            or path.stat().st_size != expected["size"]
+        ):
             return None
         return record
 
@@ -108,9 +128,13 @@ class S3Source:
             raise CheckpointError(
                 f"s3://{self.bucket}/{self.prefix}{name}: download failed: {_describe(exc)}"
             ) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         os.replace(partial, path)
         record = {**self._objects[name], "sha256": digest.hexdigest()}
-        path.with_name(path.name + ".fdameta.json").write_text(json.dumps(record))
+        self._record_path(name).parent.mkdir(parents=True, exist_ok=True)
+        self._record_path(name).write_text(json.dumps(record))
 
 
 def _describe(exc: Exception) -> str:

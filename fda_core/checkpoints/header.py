@@ -17,6 +17,7 @@ import torch
 from fda_core.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # same bound as the safetensors library
+MAX_BYTES = 2**63
 
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "BOOL": (torch.bool, 1),
@@ -92,11 +93,17 @@ def parse_header(raw: bytes, *, file: str, where: str, file_size: int) -> FileHe
     """Validate the JSON header `raw` (without its 8-byte prefix) against the file size."""
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{where}: unreadable safetensors header ({exc}); the file is corrupt") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{where}: unreadable safetensors header ({type(exc).__name__}); the file is corrupt"
+        ) from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{where}: safetensors header is not a JSON object; the file is corrupt")
     metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"{where}: __metadata__ must map strings to strings; the file is corrupt")
     data_start = 8 + len(raw)
     tensors = {name: _tensor_info(name, entry, file, where, data_start) for name, entry in doc.items()}
     _check_layout(tensors, where, data_start, file_size)
@@ -107,14 +114,16 @@ def _tensor_info(name: str, entry: object, file: str, where: str, data_start: in
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: tensor '{name}': header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise CheckpointError(f"{where}: tensor '{name}': unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < MAX_BYTES for d in shape):
         raise CheckpointError(f"{where}: tensor '{name}': invalid shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
         raise CheckpointError(f"{where}: tensor '{name}': invalid data_offsets {offsets!r}")
     begin, end = offsets
     expected = math.prod(shape) * DTYPES[dtype][1]
+    if expected >= MAX_BYTES:
+        raise CheckpointError(f"{where}: tensor '{name}': invalid shape {shape!r} (impossibly large)")
     if begin < 0 or end - begin != expected:
         raise CheckpointError(
             f"{where}: tensor '{name}': data_offsets {offsets} hold {end - begin} bytes, "
@@ -124,15 +133,20 @@ def _tensor_info(name: str, entry: object, file: str, where: str, data_start: in
 
 
 def _check_layout(tensors: dict[str, TensorInfo], where: str, data_start: int, file_size: int) -> None:
-    """Tensors must tile the data section without overlap and fit inside the file."""
+    """Tensors must tile the data section exactly (no overlap, no gap) and end where the file ends."""
     position = data_start
     for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
-        if info.start < position:
-            raise CheckpointError(f"{where}: tensor '{info.name}' overlaps the previous tensor; the file is corrupt")
+        if info.start != position:
+            fault = "overlaps the previous tensor" if info.start < position else "leaves a gap before it"
+            raise CheckpointError(f"{where}: tensor '{info.name}' {fault}; the file is corrupt")
         position = info.end
     if position > file_size:
         last = max(tensors.values(), key=lambda t: t.end)
         raise CheckpointError(
             f"{where}: truncated: tensor '{last.name}' ends at byte {last.end} but the file has "
             f"{file_size} bytes; download or copy it again"
+        )
+    if position < file_size:
+        raise CheckpointError(
+            f"{where}: {file_size - position} unexpected bytes after the last tensor; the file is corrupt"
         )

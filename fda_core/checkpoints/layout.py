@@ -73,8 +73,7 @@ def _weight_files(source: CheckpointSource, files: list[str]) -> list[str]:
             raise CheckpointError(f"{source.uri}: not a .safetensors file or a model folder")
         return [name]
     if INDEX_FILE in files:
-        weight_map = _read_json(source, INDEX_FILE).get("weight_map", {})
-        return sorted(set(weight_map.values()))
+        return sorted(set(_weight_map(source, files).values()))
     if SINGLE_FILE in files:
         return [SINGLE_FILE]
     candidates = [f for f in files if f.endswith(".safetensors")]
@@ -89,6 +88,19 @@ def _weight_files(source: CheckpointSource, files: list[str]) -> list[str]:
     )
 
 
+def _weight_map(source: CheckpointSource, files: list[str]) -> dict[str, str]:
+    """The index's {tensor: file}; every file a plain name present in the folder (no ../, no /abs)."""
+    where = _where(source, INDEX_FILE)
+    weight_map = _read_json(source, INDEX_FILE).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{where}: weight_map must be a non-empty object of tensor name → file")
+    present = set(files)
+    for tensor, file in weight_map.items():
+        if not isinstance(file, str) or file not in present or "/" in file or "\\" in file or file in (".", ".."):
+            raise CheckpointError(f"{where}: lists tensor '{tensor}' in {file!r}, which is not a file of this folder")
+    return weight_map
+
+
 def _collect_tensors(uri: str, headers: list[FileHeader]) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     for header in headers:
@@ -96,11 +108,13 @@ def _collect_tensors(uri: str, headers: list[FileHeader]) -> dict[str, TensorInf
             if name in tensors:
                 raise CheckpointError(f"{uri}: tensor '{name}' is stored twice ({tensors[name].file} and {info.file})")
             tensors[name] = info
+    if not tensors:
+        raise CheckpointError(f"{uri}: holds no tensors")
     return tensors
 
 
 def _check_index(uri: str, source: CheckpointSource, tensors: dict[str, TensorInfo]) -> None:
-    weight_map: dict[str, str] = _read_json(source, INDEX_FILE).get("weight_map", {})
+    weight_map = _weight_map(source, source.list_files())
     for name, file in weight_map.items():
         info = tensors.get(name)
         if info is None or info.file != file:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +32,7 @@ class CheckpointSource(Protocol):
         """A local copy of the file, downloaded first if the source is remote."""
         ...
 
-    def sha256(self, name: str) -> str: ...
+    def sha256(self, name: str, stop: threading.Event | None = None) -> str: ...
 
 
 class LocalSource:
@@ -52,23 +53,34 @@ class LocalSource:
         return list(self._names)
 
     def size(self, name: str) -> int:
-        return (self.root / name).stat().st_size
+        return self._path(name).stat().st_size
 
     def read_range(self, name: str, start: int, length: int) -> bytes:
-        with open(self.root / name, "rb") as handle:
+        with open(self._path(name), "rb") as handle:
             return os.pread(handle.fileno(), length, start)
 
     def local_path(self, name: str) -> Path:
+        return self._path(name)
+
+    def sha256(self, name: str, stop: threading.Event | None = None) -> str:
+        return sha256_file(self._path(name), stop=stop)
+
+    def _path(self, name: str) -> Path:
+        if name not in self._names:  # only files listed in the folder: no ../ escapes
+            raise CheckpointError(f"{self.uri}: no file named {name!r} in this checkpoint")
         return self.root / name
 
-    def sha256(self, name: str) -> str:
-        return sha256_file(self.root / name)
+
+class HashingStopped(Exception):
+    """Raised inside a hashing thread when the merge it serves has ended."""
 
 
-def sha256_file(path: Path, chunk_bytes: int = 8 << 20) -> str:
+def sha256_file(path: Path, chunk_bytes: int = 8 << 20, stop: threading.Event | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_bytes):
+            if stop is not None and stop.is_set():
+                raise HashingStopped(str(path))
             digest.update(chunk)  # releases the GIL: hashing overlaps the merge
     return digest.hexdigest()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -74,10 +76,15 @@ def run_merge(
     with staging_directory(Path(out_dir), options.overwrite) as staging:
         _fetch_inputs(plan.inputs, report)
         clock.lap("fetch")
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
-            hashes = pool.submit(_hash_inputs, plan.inputs)
+        stop_hashing = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        try:
+            hashes = pool.submit(_hash_inputs, plan.inputs, stop_hashing)
             shards = _merge_tensors(plan, staging, device, hashes, report, should_cancel)
             provenance = build_provenance(plan, hashes.result())
+        finally:
+            stop_hashing.set()  # a failed or cancelled merge does not wait for hashing to finish
+            pool.shutdown(wait=False, cancel_futures=True)
         clock.lap("merge")
         copy_side_files(plan.reference, staging, config.dtype)
         write_records(staging, provenance)
@@ -87,9 +94,14 @@ def run_merge(
 
 
 def resolve_device(name: str) -> torch.device:
+    """cpu, cuda or cuda:N, checked against what this machine has."""
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ConfigError(f"device '{name}' is not one of cpu, cuda, cuda:N")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -100,8 +112,8 @@ def _fetch_inputs(layouts: list[CheckpointLayout], report: ProgressCallback) -> 
         layout.source.local_path(name)  # downloads remote files once; local files are already here
 
 
-def _hash_inputs(layouts: list[CheckpointLayout]) -> dict[str, dict[str, str]]:
-    return {layout.uri: {name: layout.source.sha256(name) for name in layout.weight_files} for layout in layouts}
+def _hash_inputs(layouts: list[CheckpointLayout], stop: threading.Event) -> dict[str, dict[str, str]]:
+    return {layout.uri: {name: layout.source.sha256(name, stop) for name in layout.weight_files} for layout in layouts}
 
 
 def _merge_tensors(
@@ -143,7 +155,22 @@ def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader],
         task.name, base, experts, task.params, list(task.model_params), _generator(plan, task, device)
     )
     merged = plan.method.merge(inputs)
-    return merged.to(dtype=DTYPES[task.output.dtype][0]).cpu()
+    return cast_output(task.name, merged, DTYPES[task.output.dtype][0])
+
+
+def cast_output(name: str, merged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast to the output dtype, refusing values the dtype cannot hold (bf16 → fp16 overflow)."""
+    out = merged.to(dtype=dtype)
+    if (
+        dtype.itemsize < merged.dtype.itemsize
+        and not bool(torch.isfinite(out).all())
+        and bool(torch.isfinite(merged).all())
+    ):
+        peak = float(merged.abs().max())
+        raise ConfigError(
+            f"tensor '{name}': merged values up to {peak:.3g} overflow {str(dtype).removeprefix('torch.')}; choose another dtype"
+        )
+    return out.cpu()
 
 
 def _generator(plan: MergePlan, task: TensorTask, device: torch.device) -> torch.Generator | None:

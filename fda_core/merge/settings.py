@@ -24,7 +24,9 @@ def layer_position(tensor_name: str, num_layers: int) -> float:
     index = layer_index(tensor_name)
     if index is None:
         return 0.0
-    return index / (num_layers - 1) if num_layers > 1 else 1.0
+    return (
+        min(1.0, index / (num_layers - 1)) if num_layers > 1 else 1.0
+    )  # clamped: odd stacks (vision towers) may run past
 
 
 def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
@@ -40,6 +42,8 @@ def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
             if not isinstance(condition, dict) or "value" not in condition:
                 raise ValueError(f"expected {{filter, value}} conditions, got {condition!r}")
             pattern = condition.get("filter")
+            if pattern is not None and not isinstance(pattern, str):
+                raise ValueError(f"filter must be a string, got {pattern!r}")
             if pattern in (None, "*") or pattern in tensor_name:
                 return resolve_setting(condition["value"], tensor_name, t)
         return None

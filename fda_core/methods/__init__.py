@@ -1,4 +1,5 @@
 """Parameter-space merge methods, one module each, registered by name on import."""
+
 from fda_core.methods import (  # noqa: F401  (importing registers each method)
     breadcrumbs,
     dare_linear,

@@ -1,6 +1,7 @@
 """Model Stock (Jang et al., 2024): interpolate the experts' mean towards the base.
 
 c = mean pairwise cos(τᵢ, τⱼ), t = N·c / (1 + (N−1)·c), θ = t·mean(θᵢ) + (1−t)·θ0, per tensor.
+For c ≤ 0 (experts pulling apart) t is 0: the formula would extrapolate away from the experts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,6 @@ class ModelStock(MergeMethod):
         assert inputs.base is not None
         n = len(inputs.experts)
         c = mean_pairwise_cosine(inputs.task_vectors())
-        t = n * c / (1 + (n - 1) * c) if abs(1 + (n - 1) * c) > EPS else 0.0
+        t = min(1.0, max(0.0, n * c / (1 + (n - 1) * c))) if c > 0 else 0.0  # disagreeing experts: stay at the base
         average = torch.stack(inputs.experts).mean(dim=0)
         return t * average + (1 - t) * inputs.base

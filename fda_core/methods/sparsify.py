@@ -8,6 +8,23 @@ from __future__ import annotations
 import torch
 
 
+def smallest(values: torch.Tensor, count: int) -> torch.Tensor:
+    """True on exactly `count` smallest entries; ties at the cut broken by position. O(n) via k-th value."""
+    n = values.numel()
+    if count <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    if count >= n:
+        return torch.ones_like(values, dtype=torch.bool)
+    flat = values.reshape(-1)
+    threshold = torch.kthvalue(flat.float(), count).values.to(flat.dtype)
+    mask = flat < threshold
+    missing = count - int(mask.sum())
+    if missing > 0:  # entries equal to the threshold: take the first `missing` of them
+        tied = torch.nonzero(flat == threshold).reshape(-1)[:missing]
+        mask[tied] = True
+    return mask.reshape(values.shape)
+
+
 def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
     """True on the k = max(1, ⌊density·n⌋) entries of largest |τ| (TIES' trim step)."""
     n = tau.numel()
@@ -16,9 +33,7 @@ def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
     if density <= 0 or n == 0:
         return torch.zeros_like(tau, dtype=torch.bool)
     k = max(1, int(density * n))
-    magnitude = tau.abs()
-    threshold = torch.kthvalue(magnitude.reshape(-1).float(), n - k + 1).values
-    return magnitude >= threshold
+    return ~smallest(tau.abs(), n - k)
 
 
 def band_mask(tau: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -32,10 +47,7 @@ def band_mask(tau: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     if keep == 0:
         return torch.zeros_like(tau, dtype=torch.bool)
     magnitude = tau.abs()
-    flat = magnitude.reshape(-1).float()
-    low = torch.kthvalue(flat, bottom + 1).values
-    high = torch.kthvalue(flat, bottom + keep).values
-    return (magnitude >= low) & (magnitude <= high)
+    return smallest(magnitude, bottom + keep) & ~smallest(magnitude, bottom)
 
 
 def bernoulli_mask(tau: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:

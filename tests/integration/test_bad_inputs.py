@@ -113,3 +113,25 @@ def test_a_merge_stopped_midway_leaves_no_output(llama, tmp_path: Path) -> None:
     with pytest.raises(MergeCancelled, match="after 10 of 30 tensors"):
         run_merge(config, tmp_path / "out", should_cancel=lambda: next(calls) >= 10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overflowing_half_precision_output_is_an_error_not_inf(tmp_path: Path) -> None:
+    for name, value in (("base", 1e5), ("a", 2e5), ("b", 3e5)):
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.full((4,), value, dtype=torch.bfloat16)}, str(tmp_path / name / "model.safetensors"))
+    config = write_config(
+        tmp_path / "c.yaml", "task_arithmetic", tmp_path / "base", [tmp_path / "a", tmp_path / "b"], dtype="float16"
+    )
+    result = run_cli("merge", str(config), "--out", str(tmp_path / "out"))
+    assert_failed_cleanly(result, tmp_path / "out", "tensor 'w'", "overflow float16")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"), [(["--device", "tpu"], "not one of cpu, cuda, cuda:N"), (["--seed", "-5"], "seed")]
+)
+def test_bad_command_line_values_are_one_line_errors(llama, tmp_path: Path, args: list[str], fragment: str) -> None:
+    base, experts = llama
+    config = write_config(tmp_path / "c.yaml", "ties", base, experts)
+    assert_failed_cleanly(
+        run_cli("merge", str(config), "--out", str(tmp_path / "out"), *args), tmp_path / "out", fragment
+    )

@@ -25,8 +25,16 @@ def test_mergekit_slerp_with_slices_becomes_base_plus_one_model() -> None:
 
 
 def test_mergekit_linear_averages_the_base_in_as_mergekit_does() -> None:
-    config = parse_config(from_mergekit({"merge_method": "linear", "base_model": "a", "models": [{"model": "b"}]}))
+    doc = {"merge_method": "linear", "base_model": "a", "models": [{"model": "b"}], "parameters": {"weight": 0.5}}
+    config = parse_config(from_mergekit(doc))
     assert [m.model for m in config.models] == ["b", "a"]
+
+
+def test_mergekit_linear_with_an_unweighted_unlisted_base_is_refused_as_mergekit_does() -> None:
+    with pytest.raises(ConfigError, match="no weight is given for it"):
+        from_mergekit(
+            {"merge_method": "linear", "base_model": "a", "models": [{"model": "b", "parameters": {"weight": 1}}]}
+        )
 
 
 def test_mergekit_dare_rescale_means_l1_norm_matching() -> None:
@@ -43,6 +51,7 @@ def test_mergekit_dare_rescale_means_l1_norm_matching() -> None:
         ({"tokenizer_source": "union"}, "tokenizer_source 'union' is not supported"),
         ({"models": [{"model": "org/model+lora"}]}, "LoRA references"),
         ({"merge_method_options": {}}, "mergekit option 'merge_method_options' is not supported"),
+        ({"models": ["./a", "./b"]}, "every models entry is a mapping with a model key"),
     ],
 )
 def test_mergekit_features_we_lack_fail_loudly(doc: dict, message: str) -> None:

@@ -104,3 +104,52 @@ def test_index_that_points_at_the_wrong_shard_is_refused(tmp_path: Path) -> None
 def test_file_uri_is_accepted(tmp_path: Path) -> None:
     save_file({"a": torch.zeros(2)}, str(tmp_path / "m.safetensors"))
     assert set(inspect_checkpoint(f"file://{tmp_path}/m.safetensors").tensors) == {"a"}
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        ({"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "unknown dtype"),
+        ({"w": {"dtype": "F32", "shape": [0, 2**64], "data_offsets": [0, 0]}}, b"", "invalid shape"),
+        ({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, "invalid shape"),
+        (
+            {"__metadata__": ["x"], "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            "__metadata__",
+        ),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "gap"),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9, "unexpected bytes"),
+    ],
+)
+def test_malformed_headers_are_refused_with_a_reason(tmp_path: Path, header: dict, data: bytes, message: str) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        inspect_checkpoint(str(write_raw(tmp_path / "m.safetensors", header, data)))
+
+
+def test_deeply_nested_header_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    raw = b"[" * 100_000
+    (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(CheckpointError, match="unreadable safetensors header"):
+        inspect_checkpoint(str(tmp_path / "m.safetensors"))
+
+
+def test_a_checkpoint_without_tensors_is_refused(tmp_path: Path) -> None:
+    save_file({}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(CheckpointError, match="holds no tensors"):
+        inspect_checkpoint(str(tmp_path / "m.safetensors"))
+
+
+@pytest.mark.parametrize("target", ["../outside.safetensors", "/etc/passwd", "missing.safetensors"])
+def test_index_entries_must_be_files_of_the_folder(tmp_path: Path, target: str) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "outside.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": target}}))
+    with pytest.raises(CheckpointError, match="which is not a file of this folder"):
+        inspect_checkpoint(str(folder))
+
+
+def test_an_empty_weight_map_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
+    with pytest.raises(CheckpointError, match="weight_map must be a non-empty object"):
+        inspect_checkpoint(str(tmp_path))

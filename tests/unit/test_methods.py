@@ -187,3 +187,52 @@ def test_task_arithmetic_is_linear_in_lambda(lam: float, seed: int) -> None:
     torch.testing.assert_close(
         merge("task_arithmetic", base, experts, {"lambda": lam}), base + lam * (one - base), atol=1e-5, rtol=1e-5
     )
+
+
+def test_top_k_keeps_exactly_k_entries_when_magnitudes_tie() -> None:
+    tau = torch.tensor([1.0, -1.0, 1.0, 0.5, -1.0, 0.25, 1.0, 2.0])
+    mask = magnitude_mask(tau, 0.5)  # k = 4: 2.0 and three of the five tied 1.0s
+    assert int(mask.sum()) == 4 and bool(mask[7])
+
+
+def test_breadcrumbs_band_keeps_exactly_density_n_when_magnitudes_tie() -> None:
+    tau = torch.tensor([1.0] * 6 + [3.0, 0.1, 0.1, 0.1])
+    assert int(band_mask(tau, 0.5, 0.1).sum()) == 5
+
+
+def test_breadcrumbs_drops_the_top_gamma_outliers() -> None:
+    tau = rand(100, seed=4)
+    mask = band_mask(tau, 0.5, 0.05)
+    assert not mask[tau.abs().argsort()[-5:]].any()
+
+
+def test_tsv_keeps_each_tasks_top_singular_values() -> None:
+    """Square case: U⊥ and V⊥ are orthogonal, so Δ's spectrum is exactly the kept singular values."""
+    base = torch.zeros(8, 8)
+    experts = [rand(8, 8, seed=s) for s in (1, 2)]
+    kept = torch.cat([torch.linalg.svdvals(e)[:4] for e in experts]).sort(descending=True).values
+    torch.testing.assert_close(torch.linalg.svdvals(merge("tsv", base, experts)), kept, atol=1e-4, rtol=1e-4)
+
+
+def test_model_stock_follows_its_interpolation_formula() -> None:
+    base = torch.zeros(2)
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.6, 0.8])  # cos = 0.6 → t = 2·0.6 / 1.6 = 0.75
+    torch.testing.assert_close(merge("model_stock", base, [a, b]), 0.75 * (a + b) / 2)
+
+
+def test_model_stock_stays_at_the_base_when_experts_point_apart() -> None:
+    base = torch.ones(2)
+    got = merge("model_stock", base, [base + torch.tensor([1.0, 0.0]), base + torch.tensor([-1.0, 0.1])])
+    torch.testing.assert_close(got, base)
+
+
+def test_slerp_of_antiparallel_tensors_falls_back_to_lerp() -> None:
+    v = rand(10, seed=2)
+    torch.testing.assert_close(merge("slerp", v, [-v], {"t": 0.25}), 0.5 * v)
+
+
+def test_dare_l1_rescale_restores_the_task_vectors_l1_norm() -> None:
+    base, expert = rand(1000), rand(1000, seed=1)
+    got = merge("dare_linear", base, [expert], {"rescale": "l1"}, [{"density": 0.3}])
+    torch.testing.assert_close((got - base).abs().sum(), (expert - base).abs().sum(), rtol=1e-4, atol=1e-3)
+    assert float(((got - base) == 0).float().mean()) > 0.5

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli.fda_report import describe_fda
 from cli.progress import ProgressBar
 from cli.sizes import format_bytes, parse_size
 
@@ -24,6 +25,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace --out if it exists (only once the merge succeeded)"
     )
     parser.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (default $FDA_S3_ENDPOINT_URL)")
+    parser.add_argument(
+        "--anchor-cache", type=Path, default=None, help="FDA: folder of reusable anchors (content-addressed)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 when cores are shared)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -54,10 +61,16 @@ def _merge(args: argparse.Namespace) -> int:
     if args.s3_endpoint_url:
         settings = Settings(**{**settings.model_dump(), "s3_endpoint_url": args.s3_endpoint_url})
     register_s3(settings)
-    options = MergeOptions(device=args.device, max_shard_bytes=args.shard_size, overwrite=args.overwrite)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = MergeOptions(args.device, args.shard_size, args.overwrite, args.anchor_cache)
     started = time.perf_counter()
     with ProgressBar(enabled=not args.quiet and sys.stderr.isatty()) as bar:
         result = run_merge(config, args.out, options, on_progress=bar.update)
+    if "fda" in result.metrics and not args.quiet:
+        print(describe_fda(result.metrics["fda"]))
     size = sum(shard.bytes for shard in result.shards)
     print(
         f"merged {result.tensors} tensors ({result.parameters / 1e6:.1f}M parameters) of "

@@ -24,7 +24,11 @@ class ProgressBar:
         if progress.phase != self._phase:
             self._start(progress.phase, progress.total)
         self._bar.n = progress.done
-        if progress.tensor:
+        if progress.step is not None and progress.value is not None:
+            self._bar.set_postfix_str(
+                f"{(progress.tensor or '')[-24:]} step {progress.step} {progress.value:.4f}", refresh=False
+            )
+        elif progress.tensor:
             self._bar.set_postfix_str(progress.tensor[-40:], refresh=False)
         self._bar.refresh()
 
@@ -34,4 +38,5 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.close()
         self._phase = phase
-        self._bar = tqdm(total=total, desc=phase, unit="tensor" if phase == "merge" else "file", leave=phase == "merge")
+        units = {"merge": "tensor", "fetch": "file", "construct": "block", "adapt": "block"}
+        self._bar = tqdm(total=total, desc=phase, unit=units.get(phase, "step"), leave=phase == "merge")

@@ -96,7 +96,7 @@ def _train(
     for _ in range(max(1, settings.epochs)):
         if should_stop is not None and should_stop() and history:
             break
-        order = torch.randperm(len(anchors), generator=generator, device=generator.device)
+        order = torch.randperm(len(anchors), generator=generator).to(anchors.device)
         total, count = 0.0, 0
         for start in range(0, len(anchors), settings.batch_size):
             index = order[start : start + settings.batch_size]
@@ -104,7 +104,7 @@ def _train(
             loss = output_distance(block(compose(), anchors[index]), targets[index], settings.loss)
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
             count += len(index)
         history.append(total / count)
     return history

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from fda_core.fda.adaptation import AdaptationSettings
 from fda_core.fda.construction import ConstructionSettings
-from fda_core.methods.base import Params
+from fda_core.params import Params
 
 PAPER_TA_LAMBDA = 0.3  # Eq. 6 from task arithmetic starts at λ = 0.3 (ViT, RoBERTa-base)
 EQ5_LR = 1e-5  # adapting weights from θ0 (vision setting)

@@ -17,20 +17,41 @@ if TYPE_CHECKING:
 
 def check_method_fit(config: MergeConfig) -> None:
     """Method known, base present if needed, model count, parameter names and values (ValueError)."""
-    try:
-        method = get_method(config.method)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+    method = _method(config.method)
     if method.requires_base and not config.base_model:
         raise ValueError(f"method '{method.name}' needs base_model (the model the experts were fine-tuned from)")
+    if method.layerwise:
+        _check_layerwise(method, config)
+        return
     _check_model_count(method, len(config.models))
+    _check_per_tensor(method, config.parameters, config, "parameters")
+
+
+def _method(name: str) -> MergeMethod:
+    try:
+        return get_method(name)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_per_tensor(method: MergeMethod, parameters: dict[str, Any], config: MergeConfig, where: str) -> None:
     known = field_names(method.params_type) | field_names(method.model_params_type)
-    _check_settings(config.parameters, known, "parameters", method, method.params_type)
+    _check_settings(parameters, known, where, method, method.params_type)
     for index, model in enumerate(config.models):
-        where = f"models.{index}.parameters"
+        own = f"models.{index}.parameters"
         _check_settings(
-            model.resolved_parameters(), field_names(method.model_params_type), where, method, method.model_params_type
+            model.resolved_parameters(), field_names(method.model_params_type), own, method, method.model_params_type
         )
+
+
+def _check_layerwise(method: MergeMethod, config: MergeConfig) -> None:
+    """FDA: its own settings, then the init method's fit as if it were the method."""
+    settings = _validate(method.params_type, config.parameters, "parameters")
+    init = _method(settings.init)
+    if init.layerwise:
+        raise ValueError(f"parameters.init: '{init.name}' is layer-wise itself; pick a parameter-space method")
+    _check_model_count(init, len(config.models))
+    _check_per_tensor(init, settings.resolved_init_parameters(), config, "parameters.init_parameters")
 
 
 def _check_model_count(method: MergeMethod, count: int) -> None:
@@ -69,7 +90,9 @@ def _validate(model: type[BaseModel], values: dict[str, Any], where: str) -> Any
         return model.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise ValueError(f"{where}: {error['msg']} (got {error.get('input')!r})") from None
+        field = ".".join(str(part) for part in error["loc"])
+        place = where if not field or where.endswith(f".{field}") else f"{where}.{field}"
+        raise ValueError(f"{place}: {error['msg']} (got {error.get('input')!r})") from None
 
 
 class ParameterResolver:

@@ -6,7 +6,7 @@ checkpoint, mismatched shapes, bad parameter values) surfaces before any large r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,6 +15,9 @@ from fda_core.checkpoints.layout import CheckpointLayout, inspect_checkpoint
 from fda_core.checkpoints.validate import check_compatible
 from fda_core.checkpoints.writer import OutputTensor, plan_shards
 from fda_core.config import MergeConfig
+from fda_core.errors import ConfigError
+from fda_core.fda.blocks import Block, discover_blocks
+from fda_core.fda.settings import FdaParams
 from fda_core.merge.params import ParameterResolver
 from fda_core.merge.settings import num_layers_of
 from fda_core.methods import get_method
@@ -43,11 +46,13 @@ class TensorTask:
 @dataclass
 class MergePlan:
     config: MergeConfig
-    method: MergeMethod
+    method: MergeMethod  # the per-tensor method (for FDA: its init method)
     base: CheckpointLayout | None
     experts: list[CheckpointLayout]
     tasks: list[TensorTask]
     shards: list[list[OutputTensor]]
+    fda: FdaParams | None = None  # set for method: fda
+    blocks: list[Block] = field(default_factory=list)  # FDA's blocks; their tensors come first in `tasks`
 
     @property
     def reference(self) -> CheckpointLayout:
@@ -60,16 +65,56 @@ class MergePlan:
 
 
 def build_plan(config: MergeConfig, max_shard_bytes: int) -> MergePlan:
-    method = get_method(config.method)
+    method, fda, tensor_config = _methods(config)
     layouts = [inspect_checkpoint(uri) for uri in config.input_locations()]
     base = layouts[0] if config.base_model else None
     experts = layouts[1:] if base else layouts
     reference = base or experts[0]
     check_compatible(reference, [layout for layout in layouts if layout is not reference])
     names = _read_order(reference)
-    resolver = ParameterResolver(config, method, num_layers_of(reference.config, names))
+    blocks = _fda_blocks(fda, reference, names) if fda else []
+    names = _blocks_first(blocks, names)
+    resolver = ParameterResolver(tensor_config, method, num_layers_of(reference.config, names))
     tasks = [_task(reference, name, resolver, config) for name in names]
-    return MergePlan(config, method, base, experts, tasks, plan_shards([t.output for t in tasks], max_shard_bytes))
+    shards = plan_shards([t.output for t in tasks], max_shard_bytes)
+    return MergePlan(config, method, base, experts, tasks, shards, fda, blocks)
+
+
+def _methods(config: MergeConfig) -> tuple[MergeMethod, FdaParams | None, MergeConfig]:
+    """The per-tensor method, FDA's settings if any, and the config its parameters resolve from."""
+    method = get_method(config.method)
+    if not method.layerwise:
+        return method, None, config
+    fda = FdaParams.model_validate(config.parameters)
+    init_config = config.model_copy(update={"parameters": fda.resolved_init_parameters()})
+    return get_method(fda.init), fda, init_config
+
+
+def _fda_blocks(fda: FdaParams, reference: CheckpointLayout, names: list[str]) -> list[Block]:
+    if reference.config is None:
+        raise ConfigError(f"{reference.uri}: FDA needs the base model's config.json to build its blocks")
+    blocks = discover_blocks(reference.config, names, tokens=fda.tokens, blocks=fda.blocks, ffn_only=fda.ffn_only)
+    for block in blocks:
+        for parameter, (_, value) in zip(block.parameter_names, block.module.named_parameters()):
+            _check_block_tensor(reference, block.checkpoint_name(parameter), tuple(value.shape))
+    return blocks
+
+
+def _check_block_tensor(reference: CheckpointLayout, name: str, shape: tuple[int, ...]) -> None:
+    info = reference.tensors.get(name)
+    if info is None:
+        raise ConfigError(f"{reference.uri}: FDA block tensor '{name}' is missing; pass parameters.blocks")
+    if info.shape != shape or not info.is_float:
+        raise ConfigError(
+            f"{reference.describe(name)}: FDA block tensor '{name}' is {info.dtype} {list(info.shape)}, the block expects {list(shape)}"
+        )
+
+
+def _blocks_first(blocks: list[Block], names: list[str]) -> list[str]:
+    """Each block's tensors in parameter order, then every other tensor in read order."""
+    in_blocks = [name for block in blocks for name in block.tensor_names()]
+    taken = set(in_blocks)
+    return in_blocks + [name for name in names if name not in taken]
 
 
 def _read_order(layout: CheckpointLayout) -> list[str]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +19,13 @@ from fda_core.checkpoints.reader import TensorReader
 from fda_core.checkpoints.writer import BackgroundWriter, ShardedWriter, WrittenShard
 from fda_core.config import MergeConfig
 from fda_core.errors import ConfigError, MergeCancelled
+from fda_core.fda.anchors import AnchorStore
+from fda_core.fda.runner import FdaRun, merge_blocks
 from fda_core.merge.output import check_output_free, copy_side_files, staging_directory, write_records
 from fda_core.merge.plan import MergePlan, TensorTask, build_plan
-from fda_core.merge.provenance import build_provenance, safetensors_metadata
+from fda_core.merge.progress import CancelCallback, MergeProgress, ProgressCallback
+from fda_core.merge.provenance import build_provenance, input_digest, safetensors_metadata
+from fda_core.merge.seeding import named_generator
 from fda_core.methods.base import TensorInputs
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
@@ -34,14 +36,7 @@ class MergeOptions:
     device: str = "cpu"
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
     overwrite: bool = False
-
-
-@dataclass(frozen=True)
-class MergeProgress:
-    phase: str  # "validate" | "fetch" | "merge" | "finalize"
-    done: int
-    total: int
-    tensor: str | None = None
+    anchor_cache: Path | None = None  # FDA: reuse anchors across merges (content-addressed)
 
 
 @dataclass
@@ -53,10 +48,7 @@ class MergeResult:
     shards: list[WrittenShard]
     seconds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-
-
-ProgressCallback = Callable[[MergeProgress], None]
-CancelCallback = Callable[[], bool]
+    metrics: dict[str, Any] = field(default_factory=dict)  # FDA: per block and task, see fda_core.fda.runner
 
 
 def run_merge(
@@ -80,7 +72,7 @@ def run_merge(
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         try:
             hashes = pool.submit(_hash_inputs, plan.inputs, stop_hashing)
-            shards = _merge_tensors(plan, staging, device, hashes, report, should_cancel)
+            shards, metrics = _merge_tensors(plan, staging, device, hashes, report, should_cancel, options)
             provenance = build_provenance(plan, hashes.result())
         finally:
             stop_hashing.set()  # a failed or cancelled merge does not wait for hashing to finish
@@ -90,7 +82,9 @@ def run_merge(
         write_records(staging, provenance)
     clock.lap("finalize")
     parameters = sum(math.prod(t.output.shape) for t in plan.tasks)
-    return MergeResult(Path(out_dir), config.method, len(plan.tasks), parameters, shards, clock.laps, provenance)
+    return MergeResult(
+        Path(out_dir), config.method, len(plan.tasks), parameters, shards, clock.laps, provenance, metrics
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,21 +117,37 @@ def _merge_tensors(
     hashes: Future,
     report: ProgressCallback,
     should_cancel: CancelCallback | None,
-) -> list[WrittenShard]:
+    options: MergeOptions,
+) -> tuple[list[WrittenShard], dict[str, Any]]:
     writer = BackgroundWriter(ShardedWriter(staging, plan.shards, safetensors_metadata(build_provenance(plan, None))))
     readers = [TensorReader(layout) for layout in plan.inputs]
+    metrics: dict[str, Any] = {}
     try:
-        for done, task in enumerate(plan.tasks):
+        if plan.fda is not None:
+            metrics["fda"] = merge_blocks(
+                _fda_run(plan, readers, device, hashes, staging, report, should_cancel, options), writer.write
+            )
+        in_blocks = {name for block in plan.blocks for name in block.tensor_names()}
+        rest = [task for task in plan.tasks if task.name not in in_blocks]
+        for done, task in enumerate(rest):
             if should_cancel is not None and should_cancel():
-                raise MergeCancelled(f"merge cancelled after {done} of {len(plan.tasks)} tensors")
-            report(MergeProgress("merge", done, len(plan.tasks), task.name))
+                raise MergeCancelled(f"merge cancelled after {done} of {len(rest)} tensors")
+            report(MergeProgress("merge", done, len(rest), task.name))
             writer.write(task.name, merge_tensor(plan, task, readers, device))
-        report(MergeProgress("merge", len(plan.tasks), len(plan.tasks)))
-        return writer.finish(safetensors_metadata(build_provenance(plan, hashes.result())))
+        report(MergeProgress("merge", len(rest), len(rest)))
+        return writer.finish(safetensors_metadata(build_provenance(plan, hashes.result()))), metrics
     finally:
         writer.abort()
         for reader in readers:
             reader.close()
+
+
+def _fda_run(plan, readers, device, hashes, staging, report, should_cancel, options) -> FdaRun:  # type: ignore[no-untyped-def]
+    files = hashes.result()  # anchors are keyed and seeded by content: FDA waits for the hashes
+    digests = [input_digest(files[layout.uri]) for layout in plan.inputs]
+    store = AnchorStore(options.anchor_cache) if options.anchor_cache else None
+    cast = lambda task, tensor: cast_output(task.name, tensor, DTYPES[task.output.dtype][0])  # noqa: E731
+    return FdaRun(plan, readers, device, digests, store, staging / "anchors", report, should_cancel, cast)
 
 
 def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader], device: torch.device) -> torch.Tensor:
@@ -175,10 +185,7 @@ def cast_output(name: str, merged: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 def _generator(plan: MergePlan, task: TensorTask, device: torch.device) -> torch.Generator | None:
     """One generator per (seed, tensor): results do not depend on tensor order or device count."""
-    if not plan.method.uses_randomness:
-        return None
-    digest = hashlib.sha256(f"{plan.config.seed}:{task.name}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return named_generator(plan.config.seed, task.name, device) if plan.method.uses_randomness else None
 
 
 class _PhaseClock:

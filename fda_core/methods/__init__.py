@@ -1,5 +1,6 @@
 """Parameter-space merge methods, one module each, registered by name on import."""
 
+import fda_core.fda.method  # noqa: E402, F401  (registers fda)
 from fda_core.methods import (  # noqa: F401  (importing registers each method)
     breadcrumbs,
     dare_linear,

@@ -12,19 +12,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-
-class Params(BaseModel):
-    """Method-wide parameters; subclasses add fields with the method's defaults."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class ModelParams(Params):
-    """Per-model parameters; `weight` is common to every method that weighs its inputs."""
-
-    weight: float = 1.0
+from fda_core.params import ModelParams, Params
 
 
 @dataclass

@@ -20,7 +20,7 @@ AUTO_CLASSES = {
     "llama": "AutoModelForCausalLM",
     "vit": "AutoModel",
 }
-FAST = {"wudi": {"steps": 20}}
+FAST = {"wudi": {"steps": 20}, "fda": {"anchors": 8, "construction_steps": 10, "adaptation_epochs": 2}}
 
 
 def config_for(method: str, base: Path, experts: list[Path], tmp: Path, **extra) -> Path:

@@ -1,0 +1,240 @@
+"""FDA over a whole model, one block at a time: read the block from every input, build (or reuse)
+each task's anchors, adapt, write. Memory: one block of each model, plus the anchors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fda_core.checkpoints.reader import TensorReader
+from fda_core.errors import MergeCancelled
+from fda_core.fda.adaptation import AdaptationResult, adapt_coefficients, adapt_weights
+from fda_core.fda.anchor_init import gaussian_anchors, weight_row_anchors
+from fda_core.fda.anchors import AnchorKey, AnchorStore, write_anchors
+from fda_core.fda.blocks import Block
+from fda_core.fda.construction import construct_anchors
+from fda_core.fda.objective import Params
+from fda_core.fda.sdpa import second_order_attention
+from fda_core.fda.settings import FdaParams
+from fda_core.merge.plan import MergePlan, TensorTask
+from fda_core.merge.progress import CancelCallback, MergeProgress, ProgressCallback
+from fda_core.merge.seeding import named_seed
+from fda_core.methods.base import TensorInputs
+from fda_core.methods.task_arithmetic_core import ScaledParams
+
+Writer = Callable[[str, torch.Tensor], None]
+
+
+@dataclass
+class FdaRun:
+    plan: MergePlan
+    readers: list[TensorReader]  # base first, then experts
+    device: torch.device
+    digests: list[str]  # sha256 of base, then each expert
+    store: AnchorStore | None
+    anchors_dir: Path
+    report: ProgressCallback
+    should_cancel: CancelCallback | None
+    cast: Callable[[TensorTask, torch.Tensor], torch.Tensor]
+    seconds: dict[str, float] = field(default_factory=lambda: {"construct": 0.0, "adapt": 0.0})
+
+    @property
+    def settings(self) -> FdaParams:
+        assert self.plan.fda is not None
+        return self.plan.fda
+
+    def cancelled(self) -> bool:
+        return self.should_cancel is not None and self.should_cancel()
+
+
+def merge_blocks(run: FdaRun, write: Writer) -> dict[str, Any]:
+    """Adapt and write every block's tensors in plan order; returns FDA's metrics."""
+    tasks = {task.name: task for task in run.plan.tasks}
+    layers = []
+    for index, block in enumerate(run.plan.blocks):
+        if run.cancelled():
+            raise MergeCancelled(f"merge cancelled before block {index} of {len(run.plan.blocks)}")
+        adapted, metrics = merge_block(run, index, block, tasks)
+        for name in block.parameter_names:
+            write(block.checkpoint_name(name), run.cast(tasks[block.checkpoint_name(name)], adapted[name]))
+        layers.append(metrics)
+    return {"layers": layers, "seconds": {k: round(v, 3) for k, v in run.seconds.items()}}
+
+
+def merge_block(run: FdaRun, index: int, block: Block, tasks: dict[str, TensorTask]) -> tuple[Params, dict[str, Any]]:
+    theta0, experts = _read_block(run, block)
+    taus = {n: torch.stack([e[n] - theta0[n] for e in experts]) for n in theta0}  # {name: (N, *shape)}
+    started = time.perf_counter()
+    anchors, construction = _anchors(run, index, block, theta0, experts, taus)
+    run.seconds["construct"] += time.perf_counter() - started
+    started = time.perf_counter()
+    result = _adapt(run, index, block, theta0, experts, anchors, tasks)
+    run.seconds["adapt"] += time.perf_counter() - started
+    metrics = {
+        "layer": index,
+        "block": block.prefix,
+        "tasks": construction,
+        "adaptation": {"first_loss": result.first_loss, "last_loss": result.last_loss, "epochs": len(result.history)},
+    }
+    return result.params, metrics
+
+
+def _read_block(run: FdaRun, block: Block) -> tuple[Params, list[Params]]:
+    """θ0 and every expert's block tensors, fp32 on the device: {module name: tensor}."""
+    loaded = [
+        {n: reader.read(block.checkpoint_name(n)).to(run.device, torch.float32) for n in block.parameter_names}
+        for reader in run.readers
+    ]
+    return loaded[0], loaded[1:]
+
+
+def _anchors(
+    run: FdaRun, index: int, block: Block, theta0: Params, experts: list[Params], taus: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Each task's anchors (N, n, …): from the cache, else constructed together in one batch."""
+    settings = run.settings
+    shape = (settings.anchors, *block.anchor_shape)
+    keys = [
+        AnchorKey(
+            run.digests[0], run.digests[1 + i], block.prefix, shape, run.plan.config.seed, settings.cache_fields()
+        )
+        for i in range(len(experts))
+    ]
+    found = [run.store.load(key) if run.store else None for key in keys]
+    missing = [i for i, hit in enumerate(found) if hit is None]
+    built: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+    if missing:
+        built = _construct(run, index, block, theta0, experts, taus, keys, missing)
+    anchors, manifests = [], []
+    for i in range(len(keys)):
+        tensor, manifest = built[i] if i in built else found[i]  # type: ignore[misc]
+        anchors.append(tensor.to(run.device, torch.float32))
+        manifests.append({**manifest, "model": run.plan.experts[i].uri, "cached": i not in built})
+    stacked = torch.stack(anchors)
+    write_anchors(
+        run.anchors_dir / f"block-{index:03d}.safetensors", {f"task{i}": a for i, a in enumerate(anchors)}, manifests
+    )
+    return stacked, manifests
+
+
+def _construct(
+    run, index, block, theta0, experts, taus, keys, missing
+) -> dict[int, tuple[torch.Tensor, dict[str, Any]]]:
+    settings = run.settings
+    initial = torch.stack([_initial(run, block, experts[i], keys[i]) for i in missing])
+
+    def on_step(step: int, gaps: list[float]) -> None:
+        run.report(
+            MergeProgress(
+                "construct", index, len(run.plan.blocks), block.prefix, index, None, step, sum(gaps) / len(gaps)
+            )
+        )
+
+    with second_order_attention():
+        result = construct_anchors(
+            block, theta0, [experts[i] for i in missing], {n: t[missing] for n, t in taus.items()}, initial,
+            settings.construction(), on_step=on_step, should_stop=run.cancelled,
+        )  # fmt: skip
+    if run.cancelled():
+        raise MergeCancelled(f"merge cancelled while constructing anchors of block {index}")
+    built = {}
+    for row, i in enumerate(missing):
+        manifest = {
+            "base_sha256": keys[i].base_sha256,
+            "expert_sha256": keys[i].expert_sha256,
+            "block": block.prefix,
+            "settings": settings.cache_fields(),
+            "seed": keys[i].seed,
+            "loss": float(result.loss[row]),
+            "steps": result.steps[row],
+            "cosines": {n: float(c[row]) for n, c in result.cosines.items() if bool(result.active[n][row])},
+        }
+        anchors = result.anchors[row].detach()
+        if run.store is not None:
+            run.store.save(keys[i], anchors, manifest)
+        built[i] = (anchors, manifest)
+    return built
+
+
+def _initial(run: FdaRun, block: Block, expert: Params, key: AnchorKey) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(key.generator_seed())
+    shape = key.anchor_shape
+    if run.settings.anchor_init == "weights":
+        anchors = weight_row_anchors(shape, {n: v.cpu() for n, v in expert.items()}, generator)
+    else:
+        anchors = gaussian_anchors(shape, run.settings.sigma, generator)
+    return anchors.to(run.device)
+
+
+def _adapt(
+    run: FdaRun,
+    index: int,
+    block: Block,
+    theta0: Params,
+    experts: list[Params],
+    anchors: torch.Tensor,
+    tasks: dict[str, TensorTask],
+) -> AdaptationResult:
+    """Eq. 5 from θ0, or Eq. 6 coefficients on the init method's merge."""
+    settings = run.settings.adaptation()
+    with torch.no_grad():
+        targets = torch.cat([block(expert, anchors[i]) for i, expert in enumerate(experts)])
+    pooled = anchors.flatten(0, 1)
+    generator = torch.Generator().manual_seed(named_seed(run.plan.config.seed, "adapt", block.prefix))
+    stop = run.cancelled
+    init = run.settings.init
+    if init == "pretrained":
+        result = adapt_weights(block, theta0, pooled, targets, settings, generator, stop)
+    elif init == "task_arithmetic":
+        directions, starts = _task_arithmetic_start(block, theta0, experts, tasks)
+        result = adapt_coefficients(block, theta0, directions, starts, pooled, targets, settings, generator, stop)
+    else:
+        merged = _init_merge(run, block, theta0, experts, tasks)
+        direction = {n: merged[n] - theta0[n] for n in theta0}
+        result = adapt_coefficients(block, theta0, [direction], [1.0], pooled, targets, settings, generator, stop)
+    if run.cancelled():
+        raise MergeCancelled(f"merge cancelled while adapting block {index}")
+    run.report(
+        MergeProgress(
+            "adapt", index + 1, len(run.plan.blocks), block.prefix, index, None, len(result.history), result.last_loss
+        )
+    )
+    return result
+
+
+def _task_arithmetic_start(
+    block: Block, theta0: Params, experts: list[Params], tasks: dict[str, TensorTask]
+) -> tuple[list[Params], list[float]]:
+    """Eq. 6 from TA: directions τ_i with α_i = λ·w_i (÷ Σw when normalising), from the block's first tensor."""
+    first = tasks[block.checkpoint_name(block.parameter_names[0])]
+    params = first.params
+    assert isinstance(params, ScaledParams)
+    weights = [p.weight for p in first.model_params]
+    scale = params.lambda_ / (sum(weights) if params.normalize and abs(sum(weights)) > 1e-8 else 1.0)
+    return [{n: e[n] - theta0[n] for n in theta0} for e in experts], [scale * w for w in weights]
+
+
+def _init_merge(
+    run: FdaRun, block: Block, theta0: Params, experts: list[Params], tasks: dict[str, TensorTask]
+) -> Params:
+    """θm for the block: the init method applied tensor by tensor, as in a parameter-space merge."""
+    merged = {}
+    for name in theta0:
+        task = tasks[block.checkpoint_name(name)]
+        assert task.params is not None
+        generator = (
+            torch.Generator(device=run.device).manual_seed(hash(task.name) & 0x7FFFFFFF)
+            if run.plan.method.uses_randomness
+            else None
+        )
+        inputs = TensorInputs(
+            task.name, theta0[name], [e[name] for e in experts], task.params, list(task.model_params), generator
+        )
+        merged[name] = run.plan.method.merge(inputs)
+    return merged

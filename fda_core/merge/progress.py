@@ -1,0 +1,22 @@
+"""Progress reports and the callbacks a merge takes (the service maps them to job events)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MergeProgress:
+    phase: str  # "validate" | "fetch" | "merge" | "construct" | "adapt" | "finalize"
+    done: int
+    total: int
+    tensor: str | None = None
+    layer: int | None = None  # FDA: block index
+    task: int | None = None  # FDA: model index
+    step: int | None = None  # FDA: construction step or adaptation epoch
+    value: float | None = None  # FDA: mean (1 − cos) while constructing, loss while adapting
+
+
+ProgressCallback = Callable[[MergeProgress], None]
+CancelCallback = Callable[[], bool]

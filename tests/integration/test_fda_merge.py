@@ -1,0 +1,153 @@
+"""`method: fda` end to end on tiny models: loadable outputs, anchor artifacts, the anchor cache, cancel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from cli.main import main as fdamerge
+from fda_core.config import parse_config
+from fda_core.errors import ConfigError, MergeCancelled
+from fda_core.merge.run import MergeOptions, run_merge
+from tests.integration.test_merge_cli import load_with_transformers
+from tests.support.compare import load_tensors
+from tests.support.tiny_models import save_expert
+
+FAST = {"anchors": 8, "construction_steps": 12, "adaptation_epochs": 3}
+
+
+def fda_config(base: Path, experts: list[Path], **parameters) -> dict:
+    return {
+        "method": "fda",
+        "base_model": str(base),
+        "models": [{"model": str(e)} for e in experts],
+        "parameters": {**FAST, **parameters},
+    }
+
+
+def merge(config: dict, out: Path, **options):
+    return run_merge(parse_config(config), out, MergeOptions(**options))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "vit"])
+@pytest.mark.parametrize("init", ["pretrained", "task_arithmetic", "ties"])
+def test_fda_merges_into_a_loadable_model_with_anchor_artifacts(
+    family: str, init: str, families, tmp_path: Path
+) -> None:
+    base, experts = families[family]
+    result = merge(fda_config(base, experts, init=init), tmp_path / "out")
+    model = load_with_transformers(family, tmp_path / "out")
+    assert not any(torch.isnan(p).any() for p in model.parameters())
+    layers = result.metrics["fda"]["layers"]
+    assert len(layers) == len(list((tmp_path / "out" / "anchors").glob("block-*.safetensors")))
+    with safe_open(str(tmp_path / "out" / "anchors" / "block-000.safetensors"), "pt") as handle:
+        manifest = json.loads(handle.metadata()["manifest"])
+        assert handle.get_tensor("task0").shape[0] == FAST["anchors"]
+    assert [m["model"] for m in manifest] == [str(e) for e in experts]
+    assert all(len(task["cosines"]) > 0 for layer in layers for task in layer["tasks"])
+
+
+def test_adaptation_moves_block_tensors_and_the_rest_follow_the_init_method(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    merge(fda_config(base, experts, init="task_arithmetic", init_parameters={"lambda": 0.3}), tmp_path / "fda")
+    ta = {
+        "method": "task_arithmetic",
+        "base_model": str(base),
+        "models": [{"model": str(e)} for e in experts],
+        "parameters": {"lambda": 0.3},
+    }
+    merge(ta, tmp_path / "ta")
+    fda, reference = load_tensors(tmp_path / "fda"), load_tensors(tmp_path / "ta")
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        torch.testing.assert_close(fda[name], reference[name])
+    assert not torch.allclose(fda["model.layers.1.mlp.up_proj.weight"], reference["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_ffn_only_adapts_the_mlps_and_leaves_attention_to_the_init_method(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    merge(fda_config(base, experts, init="task_arithmetic", ffn_only=True), tmp_path / "fda")
+    merge({**fda_config(base, experts), "method": "task_arithmetic", "parameters": {"lambda": 0.3}}, tmp_path / "ta")
+    fda, reference = load_tensors(tmp_path / "fda"), load_tensors(tmp_path / "ta")
+    torch.testing.assert_close(
+        fda["model.layers.0.self_attn.q_proj.weight"], reference["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert not torch.allclose(
+        fda["model.layers.0.mlp.down_proj.weight"], reference["model.layers.0.mlp.down_proj.weight"]
+    )
+
+
+def test_anchor_cache_constructs_only_the_new_experts_anchors(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    third = save_expert("llama", tmp_path / "expert-c", seed=5)
+    cache = tmp_path / "cache"
+    first = merge(fda_config(base, [experts[0], experts[1]]), tmp_path / "ab", anchor_cache=cache)
+    second = merge(fda_config(base, [experts[0], third]), tmp_path / "ac", anchor_cache=cache)
+    assert all(not task["cached"] for layer in first.metrics["fda"]["layers"] for task in layer["tasks"])
+    assert all([t["cached"] for t in layer["tasks"]] == [True, False] for layer in second.metrics["fda"]["layers"])
+    with (
+        safe_open(str(tmp_path / "ab" / "anchors" / "block-001.safetensors"), "pt") as a,
+        safe_open(str(tmp_path / "ac" / "anchors" / "block-001.safetensors"), "pt") as b,
+    ):
+        assert torch.equal(a.get_tensor("task0"), b.get_tensor("task0"))
+
+
+def test_anchors_do_not_depend_on_the_order_of_the_models(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    merge(fda_config(base, experts), tmp_path / "ab")
+    merge(fda_config(base, experts[::-1]), tmp_path / "ba")
+    with (
+        safe_open(str(tmp_path / "ab" / "anchors" / "block-000.safetensors"), "pt") as a,
+        safe_open(str(tmp_path / "ba" / "anchors" / "block-000.safetensors"), "pt") as b,
+    ):
+        torch.testing.assert_close(
+            a.get_tensor("task0"), b.get_tensor("task1"), atol=1e-5, rtol=1e-4
+        )  # batched BLAS: not bitwise
+
+
+def test_cancel_during_construction_stops_and_leaves_nothing(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    seen = []
+
+    def progress(p) -> None:
+        seen.append(p.phase)
+
+    with pytest.raises(MergeCancelled):
+        run_merge(
+            parse_config(fda_config(base, experts, construction_steps=1000, patience=1000)),
+            tmp_path / "out",
+            on_progress=progress,
+            should_cancel=lambda: seen.count("construct") >= 5,
+        )
+    assert seen.count("construct") == 5
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"init": "tie"}, "unknown merge method 'tie'"),
+        ({"anchor_init": "uniform"}, "parameters.anchor_init"),
+        ({"anchors_n": 4}, "anchors_n"),
+        ({"init": "ties", "init_parameters": {"density": 2}}, "parameters.init_parameters.density"),
+    ],
+)
+def test_fda_settings_are_validated_before_any_work(llama, parameters: dict, message: str) -> None:
+    base, experts = llama
+    with pytest.raises(ConfigError, match=message):
+        from fda_core.config import parse_config as parse
+
+        parse(fda_config(base, experts, **parameters))
+
+
+def test_cli_shows_the_fda_table(llama, tmp_path: Path, capsys) -> None:
+    base, experts = llama
+    import yaml
+
+    (tmp_path / "fda.yaml").write_text(yaml.safe_dump(fda_config(base, experts)))
+    assert fdamerge(["merge", str(tmp_path / "fda.yaml"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "mean cos" in out and "model.layers.2." in out and out.strip().splitlines()[-1].startswith("merged")

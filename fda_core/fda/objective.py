@@ -74,11 +74,13 @@ def similarity_gradients(
 def alignment_loss(
     grads: dict[str, torch.Tensor], taus: dict[str, torch.Tensor], active: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """Σ_i Σ_k active[k][i] · (1 − cos(g_i,k, τ_i,k)); grads and taus {name: (N, *shape)}, active {name: (N,) bool}."""
-    total = next(iter(grads.values())).new_zeros(())
+    """Per task i, Σ_k active[k][i] · (1 − cos(g_i,k, τ_i,k)): grads and taus {name: (N, *shape)},
+    active {name: (N,) bool} → (N,). Task i's loss depends on its own anchors X_i only."""
+    first = next(iter(grads.values()))
+    total = first.new_zeros(first.shape[0])
     for name, grad in grads.items():
         cos = F.cosine_similarity(grad.flatten(1), taus[name].flatten(1), dim=1, eps=1e-12)  # (N,)
-        total = total + ((1 - cos) * active[name]).sum()
+        total = total + (1 - cos) * active[name]
     return total
 
 

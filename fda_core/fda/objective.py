@@ -28,16 +28,6 @@ def anchor_similarity(h0: torch.Tensor, hi: torch.Tensor, kind: Similarity = "co
     return F.cosine_similarity(h0.flatten(1), hi.flatten(1), dim=1, eps=1e-12)
 
 
-def task_similarities(
-    block: BlockFn, theta0: Params, experts: list[Params], anchors: torch.Tensor, kind: Similarity = "cosine"
-) -> torch.Tensor:
-    """S_i for every task at once: anchors (N, b, …) → (N,). θ0 runs one batched forward."""
-    tasks, batch = anchors.shape[:2]
-    h0 = block(theta0, anchors.flatten(0, 1)).unflatten(0, (tasks, batch))  # (N, b, …)
-    sims = [anchor_similarity(h0[i], block(experts[i], anchors[i]), kind).mean() for i in range(tasks)]
-    return torch.stack(sims)
-
-
 def similarity_gradients(
     block: BlockFn,
     theta0: Params,
@@ -48,26 +38,26 @@ def similarity_gradients(
     weight: float = 1.0,
     kind: Similarity = "cosine",
 ) -> dict[str, torch.Tensor]:
-    """g_i = weight · ∂S_i/∂θ at θ0 for every task, stacked: {name: (N, *shape)}.
+    """g_i = weight · ∂S_i/∂θ at θ0 for every task, stacked: {name: (N, *shape)}; anchors (N, b, …).
 
-    One forward of θ0 over all tasks' anchors and one batched backward (is_grads_batched) give
-    every task's gradient without running N separate second-order graphs.
+    Each task gets its own leaf view of θ0 (no copy), so one backward of Σ_i S_i yields every g_i
+    at once. (One shared θ0 forward with a batched backward would cost N² per-task passes: the
+    vmapped backward runs over all tasks' anchors for every task.)
     """
-    leaves = {name: value.detach().requires_grad_(True) for name, value in theta0.items()}
-    sims = task_similarities(block, leaves, experts, anchors, kind) * weight  # (N,)
-    names = list(leaves)
-    eye = torch.eye(len(sims), dtype=sims.dtype, device=sims.device)
+    names = list(theta0)
+    leaves = [{n: theta0[n].detach().requires_grad_(True) for n in names} for _ in experts]
+    sims = [
+        anchor_similarity(block(leaves[i], anchors[i]), block(experts[i], anchors[i]), kind).mean()
+        for i in range(len(experts))
+    ]
+    total = torch.stack(sims).sum() * weight
     grads = torch.autograd.grad(
-        sims,
-        [leaves[n] for n in names],
-        grad_outputs=eye,
-        is_grads_batched=True,
-        create_graph=create_graph,
-        allow_unused=True,
+        total, [leaf[n] for leaf in leaves for n in names], create_graph=create_graph, allow_unused=True
     )
+    by_task = [grads[i * len(names) : (i + 1) * len(names)] for i in range(len(experts))]
     return {
-        n: (g if g is not None else torch.zeros(len(sims), *leaves[n].shape, device=sims.device))
-        for n, g in zip(names, grads)
+        n: torch.stack([g[k] if g[k] is not None else torch.zeros_like(theta0[n]) for g in by_task])
+        for k, n in enumerate(names)
     }
 
 

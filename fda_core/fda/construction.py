@@ -120,20 +120,6 @@ def construct_anchors(
     return ConstructionResult(tracker.anchors, tracker.best, tracker.cosines, active, tracker.steps, tracker.history)
 
 
-def merge_results(results: list[ConstructionResult]) -> ConstructionResult:
-    """Concatenate results of task groups constructed separately, in order."""
-    if len(results) == 1:
-        return results[0]
-    cat = torch.cat
-    return ConstructionResult(
-        cat([r.anchors for r in results]),
-        cat([r.loss for r in results]),
-        {n: cat([r.cosines[n] for r in results]) for n in results[0].cosines},
-        {n: cat([r.active[n] for r in results]) for n in results[0].active},
-        [step for r in results for step in r.steps],
-    )
-
-
 def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     size = n if not chunk_size or chunk_size >= n else chunk_size
     return [(start, min(n, start + size)) for start in range(0, n, size)]

@@ -18,7 +18,7 @@ from fda_core.fda.adaptation import AdaptationResult, adapt_coefficients, adapt_
 from fda_core.fda.anchor_init import gaussian_anchors, weight_row_anchors
 from fda_core.fda.anchors import AnchorKey, AnchorStore, write_anchors
 from fda_core.fda.blocks import Block
-from fda_core.fda.construction import construct_anchors, merge_results
+from fda_core.fda.construction import construct_anchors
 from fda_core.fda.objective import Params
 from fda_core.fda.sdpa import second_order_attention
 from fda_core.fda.settings import FdaParams
@@ -136,18 +136,11 @@ def _construct(
             )
         )
 
-    groups = [[row] for row in range(len(missing))] if run.device.type == "cpu" else [list(range(len(missing)))]
-    results = []
     with second_order_attention():
-        for group in groups:  # CPU: one task per graph is ~1.5× faster than one graph for all (bench/fda_speed.py)
-            chosen = [missing[row] for row in group]
-            results.append(
-                construct_anchors(
-                    block, theta0, [experts[i] for i in chosen], {n: t[chosen] for n, t in taus.items()}, initial[group],
-                    settings.construction(), on_step=on_step, should_stop=run.cancelled,
-                )
-            )  # fmt: skip
-    result = merge_results(results)
+        result = construct_anchors(
+            block, theta0, [experts[i] for i in missing], {n: t[missing] for n, t in taus.items()}, initial,
+            settings.construction(), on_step=on_step, should_stop=run.cancelled,
+        )  # fmt: skip
     if run.cancelled():
         raise MergeCancelled(f"merge cancelled while constructing anchors of block {index}")
     built = {}

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Before torch loads OpenMP: spinning worker threads make two busy processes on two cores 5–50×
+# slower (measured on CI-sized machines, ../docs/benchmarks.md notes); passive waiting avoids it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cli import merge_command
 

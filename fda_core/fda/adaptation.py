@@ -25,6 +25,7 @@ class AdaptationSettings:
     epochs: int = 100
     lr: float = 1e-5
     batch_size: int = 128
+    bf16: bool = False  # forward and backward under bfloat16 autocast; trainable tensors stay fp32
 
 
 @dataclass
@@ -101,7 +102,9 @@ def _train(
         for start in range(0, len(anchors), settings.batch_size):
             index = order[start : start + settings.batch_size]
             optimiser.zero_grad(set_to_none=True)
-            loss = output_distance(block(compose(), anchors[index]), targets[index], settings.loss)
+            with torch.autocast(anchors.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+                output = block(compose(), anchors[index])
+            loss = output_distance(output.float(), targets[index], settings.loss)
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(index)

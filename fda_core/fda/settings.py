@@ -30,6 +30,7 @@ class FdaParams(Params):
     adaptation_epochs: int = Field(100, ge=0)
     adaptation_lr: float | None = Field(None, gt=0, description="default 1e-5 from pretrained, 1e-2 for coefficients")
     batch_size: int = Field(128, ge=1)
+    adaptation_dtype: Literal["float32", "bfloat16"] = "float32"
     chunk_size: int | None = Field(None, ge=1, description="anchors per chunk of the second-order graph")
     blocks: str | None = Field(None, description="explicit block path, e.g. model.layers")
     ffn_only: bool = False
@@ -45,9 +46,9 @@ class FdaParams(Params):
 
     def adaptation(self) -> AdaptationSettings:
         default = EQ5_LR if self.init == "pretrained" else EQ6_LR
-        return AdaptationSettings(
-            self.adaptation_loss, self.adaptation_epochs, self.adaptation_lr or default, self.batch_size
-        )
+        lr = self.adaptation_lr or default
+        bf16 = self.adaptation_dtype == "bfloat16"
+        return AdaptationSettings(self.adaptation_loss, self.adaptation_epochs, lr, self.batch_size, bf16)
 
     def resolved_init_parameters(self) -> dict[str, Any]:
         if self.init == "task_arithmetic" and "lambda" not in self.init_parameters:

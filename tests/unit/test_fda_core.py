@@ -141,3 +141,14 @@ def test_a_tasks_anchors_do_not_depend_on_which_tasks_are_built_with_it() -> Non
     torch.testing.assert_close(together.anchors[pair], apart.anchors, atol=1e-6, rtol=1e-5)
     assert [together.steps[i] for i in pair] == apart.steps
     assert len(set(together.steps)) > 1, "each task stops at its own plateau"
+
+
+def test_bf16_adaptation_trains_fp32_weights_and_lowers_the_loss() -> None:
+    block, theta0, experts, _ = setup(d_in=8, d_out=6, tasks=2)
+    anchors = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+    targets = torch.cat([block(e, anchors[i::2]) for i, e in enumerate(experts)]).detach()
+    order = torch.cat([torch.arange(0, 64, 2), torch.arange(1, 64, 2)])
+    settings = AdaptationSettings(loss="mse", epochs=200, lr=1e-2, batch_size=64, bf16=True)
+    result = adapt_weights(block, theta0, anchors[order], targets, settings, torch.Generator().manual_seed(0))
+    assert result.params["weight"].dtype == torch.float32
+    assert result.last_loss < 0.5 * result.first_loss

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-# Before torch loads OpenMP: spinning worker threads make two busy processes on two cores 5–50×
-# slower (measured on CI-sized machines, ../docs/benchmarks.md notes); passive waiting avoids it.
+# Before torch loads OpenMP: spinning worker threads made two busy processes on two cores 5–50×
+# slower (the team's eval notes, shared/docs/eval-data.md); passive waiting avoids the collapse.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cli import merge_command

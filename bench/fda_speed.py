@@ -69,11 +69,7 @@ def one_config(layer: str, mode: str, steps: int, device: str) -> dict:
     config = LAYERS[layer]
     skeleton_names = _checkpoint_names(config)
     block = discover_blocks(config, skeleton_names, tokens=TOKENS)[0]
-    block.module.to(device)
-    block.call_kwargs = {
-        k: (tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device) if hasattr(v, "to") else v)
-        for k, v in block.call_kwargs.items()
-    }
+    block.to(torch.device(device))
     g = torch.Generator().manual_seed(0)
     theta0 = {n: (0.05 * torch.randn(p.shape, generator=g)).to(device) for n, p in block.module.named_parameters()}
     experts = [

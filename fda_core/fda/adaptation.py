@@ -94,8 +94,12 @@ def _train(
 ) -> list[float]:
     optimiser = torch.optim.Adam(trainable, lr=settings.lr)
     history: list[float] = []
-    for _ in range(max(1, settings.epochs)):
-        if should_stop is not None and should_stop() and history:
+    if settings.epochs == 0:  # no training: report the starting loss
+        with torch.no_grad():
+            return [float(output_distance(block(compose(), anchors), targets, settings.loss))]
+    for _ in range(settings.epochs):
+        if should_stop is not None and should_stop():
+            history.append(history[-1] if history else float("nan"))
             break
         order = torch.randperm(len(anchors), generator=generator).to(anchors.device)
         total, count = 0.0, 0

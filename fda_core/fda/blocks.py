@@ -40,6 +40,13 @@ class Block:
         """Block-relative module names, e.g. "self_attn.q_proj.weight"."""
         return [name for name, _ in self.module.named_parameters()]
 
+    def to(self, device: torch.device) -> Block:
+        """Move the skeleton's buffers and the captured call arguments (rotary cos/sin, masks, ids)."""
+        self.module.to(device)
+        self.call_args = _moved(self.call_args, device)
+        self.call_kwargs = _moved(self.call_kwargs, device)
+        return self
+
     def checkpoint_name(self, parameter: str) -> str:
         """The checkpoint tensor holding `parameter` (transformers may save legacy names)."""
         return self.prefix + self.renames.get(parameter, parameter)
@@ -51,6 +58,16 @@ class Block:
         """Block output for anchors (b, *anchor_shape) with the given block-relative params."""
         out = functional_call(self.module, params, (anchors, *self.call_args), self.call_kwargs)
         return out[0] if isinstance(out, tuple) else out
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple | list):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
 
 
 def layer_count(config: dict[str, Any]) -> int:
@@ -68,6 +85,12 @@ def discover_blocks(
         from fda_core.fda.mlp import mlp_blocks
 
         return mlp_blocks(config, tensor_names)
+    kinds = set(config.get("layer_types") or [])
+    if len(kinds) > 1 and not ffn_only:
+        raise ConfigError(
+            f"layers of different kinds ({', '.join(sorted(map(str, kinds)))}) take different call arguments; "
+            "use ffn_only: true or pass parameters.blocks"
+        )
     skeleton = _one_layer_model(config)
     path = _resolve_block_path(skeleton, blocks) if blocks else _find_block_list(skeleton, config)
     block_list = cast(nn.ModuleList, skeleton.get_submodule(path))
@@ -99,8 +122,9 @@ def _one_layer_model(config: dict[str, Any]) -> nn.Module:
         if isinstance(getattr(hf_config, key, None), int):
             setattr(hf_config, key, 1)
     hf_config.use_cache = False
-    torch.manual_seed(0)
-    return AutoModel.from_config(hf_config, attn_implementation="sdpa", trust_remote_code=False).float().eval()
+    with torch.random.fork_rng(devices=[]):  # the skeleton's random init must not move the caller's RNG
+        torch.manual_seed(0)
+        return AutoModel.from_config(hf_config, attn_implementation="sdpa", trust_remote_code=False).float().eval()
 
 
 def _resolve_block_path(skeleton: nn.Module, given: str) -> str:
@@ -214,8 +238,11 @@ def _checkpoint_prefixes(path: str, tensor_names: list[str], count: int) -> list
 def _ffn_of(
     layer: nn.Module, prefixes: list[str], renames: dict[str, str], path: str
 ) -> tuple[nn.Module, list[str], dict[str, str]]:
+    """The layer's feed-forward module; its tensors keep their layer-relative saved names
+    (ViT saves `mlp.fc1` as `intermediate.dense`)."""
     for name in ("mlp", "feed_forward", "ffn"):
-        if isinstance(getattr(layer, name, None), nn.Module):
-            sub = {k[len(name) + 1 :]: v[len(name) + 1 :] for k, v in renames.items() if k.startswith(name + ".")}
-            return copy.deepcopy(getattr(layer, name)), [f"{p}{name}." for p in prefixes], sub
+        sub_module = getattr(layer, name, None)
+        if isinstance(sub_module, nn.Module):
+            sub = {p: renames.get(f"{name}.{p}", f"{name}.{p}") for p, _ in sub_module.named_parameters()}
+            return copy.deepcopy(sub_module), prefixes, sub
     raise ConfigError(f"ffn_only: the blocks at '{path}' have no mlp / feed_forward module")

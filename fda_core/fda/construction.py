@@ -39,6 +39,7 @@ class ConstructionResult:
     active: dict[str, torch.Tensor]  # {tensor: (N,) bool}: pairs that entered the loss
     steps: list[int]  # steps each task ran before its plateau (or the budget)
     history: list[list[float]] = field(default_factory=list)  # per step, per task mean (1 − cos)
+    stopped: bool = False  # interrupted by should_stop: the anchors are not final
 
 
 StepCallback = Callable[[int, list[float]], None]  # (step, per-task mean 1 − cos)
@@ -107,8 +108,13 @@ def construct_anchors(
     active = active_tensors(first, taus)
     pairs = torch.stack([a for a in active.values()]).sum(dim=0).clamp_min(1).float()  # (N,)
     tracker = _Tracker(anchors, per_tensor_cosines(first, taus), settings)
+    tracker.best = (alignment_loss(first, taus, active).cpu() / pairs.cpu()).detach()  # step 0: the initial anchors
+    stopped = False
     for step in range(settings.steps):
-        if all(tracker.done) or (should_stop is not None and should_stop()):
+        if all(tracker.done):
+            break
+        if should_stop is not None and should_stop():
+            stopped = True
             break
         optimiser.zero_grad(set_to_none=True)
         losses, grads = _loss_and_backward(block, theta0, experts, taus, active, anchors, settings)
@@ -117,7 +123,9 @@ def construct_anchors(
         if on_step is not None:
             on_step(step, gaps.tolist())
         optimiser.step()
-    return ConstructionResult(tracker.anchors, tracker.best, tracker.cosines, active, tracker.steps, tracker.history)
+    return ConstructionResult(
+        tracker.anchors, tracker.best, tracker.cosines, active, tracker.steps, tracker.history, stopped
+    )
 
 
 def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:

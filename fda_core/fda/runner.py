@@ -24,7 +24,7 @@ from fda_core.fda.sdpa import second_order_attention
 from fda_core.fda.settings import FdaParams
 from fda_core.merge.plan import MergePlan, TensorTask
 from fda_core.merge.progress import CancelCallback, MergeProgress, ProgressCallback
-from fda_core.merge.seeding import named_seed
+from fda_core.merge.seeding import named_generator, named_seed
 from fda_core.methods.base import TensorInputs
 from fda_core.methods.task_arithmetic_core import ScaledParams
 
@@ -42,6 +42,7 @@ class FdaRun:
     report: ProgressCallback
     should_cancel: CancelCallback | None
     cast: Callable[[TensorTask, torch.Tensor], torch.Tensor]
+    config_digest: str = ""  # sha256 of the base's config.json: a changed block definition invalidates anchors
     seconds: dict[str, float] = field(default_factory=lambda: {"construct": 0.0, "adapt": 0.0})
 
     @property
@@ -68,6 +69,7 @@ def merge_blocks(run: FdaRun, write: Writer) -> dict[str, Any]:
 
 
 def merge_block(run: FdaRun, index: int, block: Block, tasks: dict[str, TensorTask]) -> tuple[Params, dict[str, Any]]:
+    block.to(run.device)
     theta0, experts = _read_block(run, block)
     taus = {n: torch.stack([e[n] - theta0[n] for e in experts]) for n in theta0}  # {name: (N, *shape)}
     started = time.perf_counter()
@@ -100,10 +102,9 @@ def _anchors(
     """Each task's anchors (N, n, …): from the cache, else constructed together in one batch."""
     settings = run.settings
     shape = (settings.anchors, *block.anchor_shape)
+    context = run.settings.cache_fields() | {"config_sha256": run.config_digest}
     keys = [
-        AnchorKey(
-            run.digests[0], run.digests[1 + i], block.prefix, shape, run.plan.config.seed, settings.cache_fields()
-        )
+        AnchorKey(run.digests[0], run.digests[1 + i], block.prefix, shape, run.plan.config.seed, context)
         for i in range(len(experts))
     ]
     found = [run.store.load(key) if run.store else None for key in keys]
@@ -141,7 +142,7 @@ def _construct(
             block, theta0, [experts[i] for i in missing], {n: t[missing] for n, t in taus.items()}, initial,
             settings.construction(), on_step=on_step, should_stop=run.cancelled,
         )  # fmt: skip
-    if run.cancelled():
+    if result.stopped:  # never cache anchors of an interrupted construction
         raise MergeCancelled(f"merge cancelled while constructing anchors of block {index}")
     built = {}
     for row, i in enumerate(missing):
@@ -229,9 +230,7 @@ def _init_merge(
         task = tasks[block.checkpoint_name(name)]
         assert task.params is not None
         generator = (
-            torch.Generator(device=run.device).manual_seed(hash(task.name) & 0x7FFFFFFF)
-            if run.plan.method.uses_randomness
-            else None
+            named_generator(run.plan.config.seed, task.name, run.device) if run.plan.method.uses_randomness else None
         )
         inputs = TensorInputs(
             task.name, theta0[name], [e[name] for e in experts], task.params, list(task.model_params), generator

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import threading
@@ -147,7 +149,10 @@ def _fda_run(plan, readers, device, hashes, staging, report, should_cancel, opti
     digests = [input_digest(files[layout.uri]) for layout in plan.inputs]
     store = AnchorStore(options.anchor_cache) if options.anchor_cache else None
     cast = lambda task, tensor: cast_output(task.name, tensor, DTYPES[task.output.dtype][0])  # noqa: E731
-    return FdaRun(plan, readers, device, digests, store, staging / "anchors", report, should_cancel, cast)
+    config_digest = hashlib.sha256(json.dumps(plan.reference.config, sort_keys=True).encode()).hexdigest()
+    return FdaRun(
+        plan, readers, device, digests, store, staging / "anchors", report, should_cancel, cast, config_digest
+    )
 
 
 def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader], device: torch.device) -> torch.Tensor:

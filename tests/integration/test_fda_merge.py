@@ -151,3 +151,11 @@ def test_cli_shows_the_fda_table(llama, tmp_path: Path, capsys) -> None:
     assert fdamerge(["merge", str(tmp_path / "fda.yaml"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "mean cos" in out and "model.layers.2." in out and out.strip().splitlines()[-1].startswith("merged")
+
+
+def test_changing_a_construction_setting_misses_the_cache(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    cache = tmp_path / "cache"
+    merge(fda_config(base, experts), tmp_path / "a", anchor_cache=cache)
+    again = merge(fda_config(base, experts, sigma=0.02), tmp_path / "b", anchor_cache=cache)
+    assert not any(task["cached"] for layer in again.metrics["fda"]["layers"] for task in layer["tasks"])

@@ -102,7 +102,8 @@ def test_decoder_blocks_are_causal(tmp_path: Path) -> None:
 def test_ffn_only_blocks_are_the_decoder_mlps(tmp_path: Path) -> None:
     config, tensors, model = saved("llama", tmp_path)
     blocks = discover_blocks(config, list(tensors), tokens=TOKENS, ffn_only=True)
-    assert blocks[0].prefix == "model.layers.0.mlp." and blocks[0].anchor_shape == (32,)
+    assert blocks[0].checkpoint_name("gate_proj.weight") == "model.layers.0.mlp.gate_proj.weight"
+    assert blocks[0].anchor_shape == (32,)
     params = {name: tensors[blocks[0].checkpoint_name(name)] for name in blocks[0].parameter_names}
     x = torch.randn(4, 32)
     torch.testing.assert_close(blocks[0](params, x), model.model.layers[0].mlp(x))
@@ -126,3 +127,19 @@ def test_construction_runs_its_double_backward_through_attention_blocks(family: 
         result = construct_anchors(block, theta0, experts, taus, initial, ConstructionSettings(steps=15, patience=100))
     assert all(last < first for first, last in zip(result.history[0], result.history[-1]))
     assert all(torch.isfinite(c).all() for c in result.cosines.values())
+
+
+def test_ffn_only_maps_legacy_saved_names(tmp_path: Path) -> None:
+    """transformers 5 saves ViT's mlp.fc1 as intermediate.dense: FFN-only must follow the saved names."""
+    config, tensors, _ = saved("vit", tmp_path)
+    block = discover_blocks(config, list(tensors), tokens=TOKENS, ffn_only=True)[0]
+    assert all(name in tensors for name in block.tensor_names())
+    params = {name: tensors[block.checkpoint_name(name)] for name in block.parameter_names}
+    assert block(params, torch.randn(3, 32)).shape == (3, 32)
+
+
+def test_layers_of_different_kinds_are_refused_rather_than_given_layer_0s_arguments(tmp_path: Path) -> None:
+    config, tensors, _ = saved("llama", tmp_path)
+    config["layer_types"] = ["sliding_attention", "full_attention", "full_attention"]
+    with pytest.raises(ConfigError, match="different kinds"):
+        discover_blocks(config, list(tensors), tokens=TOKENS)

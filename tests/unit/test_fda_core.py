@@ -66,6 +66,22 @@ def test_descent_direction_sign_reaches_full_alignment_when_anchors_cover_the_ra
     assert result.cosines["weight"].min() >= 0.999
 
 
+def test_with_the_products_cosine_similarity_the_sign_decides_too() -> None:
+    block, theta0, experts, taus = setup(d_in=6, d_out=5, tasks=2, rank=2)
+    right = construct(block, theta0, experts, taus, n=4, similarity="cosine")
+    literal = construct(block, theta0, experts, taus, n=4, similarity="cosine", sign=-1.0)
+    assert right.cosines["weight"].min() >= 0.99
+    assert literal.cosines["weight"].max() <= 0.05  # measured against −τ: it cannot align
+
+
+def test_the_loss_sums_one_cosine_per_tensor_not_one_over_the_layer() -> None:
+    grads = {"w": torch.tensor([[[1.0, 0.0]]]), "b": torch.tensor([[0.0, 1.0]])}
+    taus = {"w": torch.tensor([[[1.0, 1.0]]]), "b": torch.tensor([[0.0, 2.0]])}
+    active = {"w": torch.tensor([True]), "b": torch.tensor([True])}
+    expected = (1 - 2**-0.5) + 0.0
+    torch.testing.assert_close(alignment_loss(grads, taus, active), torch.tensor([expected]))
+
+
 def test_with_fewer_anchors_than_the_rank_the_cosine_matches_the_closed_form() -> None:
     block, theta0, experts, taus = setup(d_in=6, d_out=5, tasks=1, rank=None)
     result = construct(block, theta0, experts, taus, n=2, steps=1500)
@@ -77,6 +93,24 @@ def test_the_literal_sign_of_eq_1_cannot_align() -> None:
     block, theta0, experts, taus = setup(d_in=6, d_out=5, tasks=2, rank=2)
     result = construct(block, theta0, experts, taus, n=4, steps=300, sign=-1.0)
     assert result.cosines["weight"].max() <= 1e-6  # reported against the target it was given: cos(g, −τ)
+
+
+def test_chunked_gradient_with_respect_to_the_anchors_equals_the_full_batch() -> None:
+    from fda_core.fda.construction import _loss_and_backward
+
+    block, theta0, experts, taus = setup(d_in=6, d_out=5, tasks=2, bias=True)
+    active = {k: torch.ones(2, dtype=torch.bool) for k in taus}
+    base = 0.3 * torch.randn(2, 8, 6, generator=torch.Generator().manual_seed(4))
+    grads, losses = [], []
+    for chunk in (None, 3):
+        anchors = base.clone().requires_grad_(True)
+        loss, _ = _loss_and_backward(
+            block, theta0, experts, taus, active, anchors, ConstructionSettings(chunk_size=chunk)
+        )
+        grads.append(anchors.grad)
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
 def test_chunked_construction_equals_the_full_batch() -> None:

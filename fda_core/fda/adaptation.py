@@ -62,15 +62,21 @@ def adapt_coefficients(
     block: BlockFn,
     theta0: Params,
     directions: list[Params],
-    initial: list[float],
+    initial: list[float] | list[dict[str, float]],
     anchors: torch.Tensor,
     targets: torch.Tensor,
     settings: AdaptationSettings,
     generator: torch.Generator,
     should_stop: Callable[[], bool] | None = None,
 ) -> AdaptationResult:
-    """Eq. 6: θ = θ0 + Σ_r α_r ⊙ D_r with α_r (elementwise) initialised to initial[r]."""
-    alphas = [{k: torch.full_like(v, a, requires_grad=True) for k, v in d.items()} for d, a in zip(directions, initial)]
+    """Eq. 6: θ = θ0 + Σ_r α_r ⊙ D_r with α_r (elementwise) initialised to initial[r] (one value, or one per tensor)."""
+    starts: list[dict[str, float]] = [
+        a if isinstance(a, dict) else dict.fromkeys(d, float(a)) for d, a in zip(directions, initial)
+    ]
+    alphas = [
+        {k: torch.full_like(v, start[k], requires_grad=True) for k, v in d.items()}
+        for d, start in zip(directions, starts)
+    ]
 
     def compose() -> Params:
         return {k: theta0[k] + sum(alpha[k] * d[k] for alpha, d in zip(alphas, directions)) for k in theta0}

@@ -211,14 +211,18 @@ def _adapt(
 
 def _task_arithmetic_start(
     block: Block, theta0: Params, experts: list[Params], tasks: dict[str, TensorTask]
-) -> tuple[list[Params], list[float]]:
-    """Eq. 6 from TA: directions τ_i with α_i = λ·w_i (÷ Σw when normalising), from the block's first tensor."""
-    first = tasks[block.checkpoint_name(block.parameter_names[0])]
-    params = first.params
-    assert isinstance(params, ScaledParams)
-    weights = [p.weight for p in first.model_params]
-    scale = params.lambda_ / (sum(weights) if params.normalize and abs(sum(weights)) > 1e-8 else 1.0)
-    return [{n: e[n] - theta0[n] for n in theta0} for e in experts], [scale * w for w in weights]
+) -> tuple[list[Params], list[dict[str, float]]]:
+    """Eq. 6 from TA: directions τ_i, α_i = λ·w_i (÷ Σw when normalising) per tensor, as TA resolved them."""
+    starts: list[dict[str, float]] = [{} for _ in experts]
+    for name in theta0:
+        task = tasks[block.checkpoint_name(name)]
+        assert isinstance(task.params, ScaledParams)
+        weights = [p.weight for p in task.model_params]
+        total = sum(weights)
+        scale = task.params.lambda_ / (total if task.params.normalize and abs(total) > 1e-8 else 1.0)
+        for i, weight in enumerate(weights):
+            starts[i][name] = scale * weight
+    return [{n: e[n] - theta0[n] for n in theta0} for e in experts], starts
 
 
 def _init_merge(

@@ -20,6 +20,7 @@ SIDE_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
     "tokenizer.model", "spiece.model", "preprocessor_config.json", "chat_template.jinja", "chat_template.json",
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",  # sentence-transformers
 )  # fmt: skip
 PROVENANCE_FILE = "merge_provenance.json"
 CONFIG_FILE = "fdamerge_config.yaml"

@@ -186,3 +186,16 @@ def test_bf16_adaptation_trains_fp32_weights_and_lowers_the_loss() -> None:
     result = adapt_weights(block, theta0, anchors[order], targets, settings, torch.Generator().manual_seed(0))
     assert result.params["weight"].dtype == torch.float32
     assert result.last_loss < 0.5 * result.first_loss
+
+
+def test_coefficients_can_start_from_a_value_per_tensor() -> None:
+    block, theta0, experts, taus = setup(d_in=4, d_out=3, tasks=1, bias=True)
+    tau = {k: v[0] for k, v in taus.items()}
+    anchors = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    targets = block(experts[0], anchors).detach()
+    still = AdaptationSettings(epochs=1, lr=0.0)
+    start = adapt_coefficients(
+        block, theta0, [tau], [{"weight": 0.3, "bias": 0.7}], anchors, targets, still, torch.Generator()
+    )
+    torch.testing.assert_close(start.params["weight"], theta0["weight"] + 0.3 * tau["weight"])
+    torch.testing.assert_close(start.params["bias"], theta0["bias"] + 0.7 * tau["bias"])

@@ -7,7 +7,7 @@ D = θm − θ0 with α = 1 for any other parameter-space merge θm; entries whe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -62,7 +62,7 @@ def adapt_coefficients(
     block: BlockFn,
     theta0: Params,
     directions: list[Params],
-    initial: list[float] | list[dict[str, float]],
+    initial: Sequence[float | dict[str, float]],
     anchors: torch.Tensor,
     targets: torch.Tensor,
     settings: AdaptationSettings,

@@ -13,18 +13,22 @@ def check_compatible(reference: CheckpointLayout, others: list[CheckpointLayout]
 
 
 def _check_pair(ref: CheckpointLayout, other: CheckpointLayout) -> None:
-    missing = sorted(set(ref.tensors) - set(other.tensors))
+    # Integer buffers (BERT's legacy embeddings.position_ids) come and go between library versions:
+    # they are never merged, the reference's copy is kept, so only float tensors must match.
+    missing = sorted(n for n in set(ref.tensors) - set(other.tensors) if ref.tensors[n].is_float)
     if missing:
         raise IncompatibleModelsError(
             f"tensor '{missing[0]}' is in {ref.describe(missing[0])} but missing from {other.uri}" + _more(missing)
         )
-    extra = sorted(set(other.tensors) - set(ref.tensors))
+    extra = sorted(n for n in set(other.tensors) - set(ref.tensors) if other.tensors[n].is_float)
     if extra:
         raise IncompatibleModelsError(
             f"tensor '{extra[0]}' is in {other.describe(extra[0])} but missing from {ref.uri}" + _more(extra)
         )
     for name, info in ref.tensors.items():
-        theirs = other.tensors[name]
+        theirs = other.tensors.get(name)
+        if theirs is None:
+            continue
         if theirs.shape != info.shape:
             raise IncompatibleModelsError(
                 f"tensor '{name}' has shape {list(info.shape)} in {ref.describe(name)} "

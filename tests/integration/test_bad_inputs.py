@@ -135,3 +135,17 @@ def test_bad_command_line_values_are_one_line_errors(llama, tmp_path: Path, args
     assert_failed_cleanly(
         run_cli("merge", str(config), "--out", str(tmp_path / "out"), *args), tmp_path / "out", fragment
     )
+
+
+def test_an_integer_buffer_missing_from_an_expert_is_kept_from_the_base(llama, tmp_path: Path) -> None:
+    """BERT checkpoints saved by older transformers carry embeddings.position_ids; newer ones do not."""
+    base, experts = llama
+    with_ids = copy_model(base, tmp_path / "base-with-ids")
+    tensors = load_file(str(with_ids / "model.safetensors"))
+    tensors["model.position_ids"] = torch.arange(8).unsqueeze(0)
+    save_file(tensors, str(with_ids / "model.safetensors"))
+    result, out = merge(tmp_path, with_ids, experts)
+    assert result.returncode == 0, result.stderr
+    from tests.support.compare import load_tensors
+
+    assert torch.equal(load_tensors(out)["model.position_ids"], torch.arange(8).unsqueeze(0))

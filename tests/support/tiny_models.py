@@ -9,18 +9,20 @@ import torch
 FAMILIES = ("bert", "gpt2", "llama", "vit")
 
 
+ENCODER = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+VISION = dict(
+    image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
+
+
 def _config(family: str):
     import transformers as tf
 
-    if family == "bert":
-        return tf.BertConfig(
-            vocab_size=96,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
+    if family in ("bert", "roberta"):
+        config_class = tf.BertConfig if family == "bert" else tf.RobertaConfig
+        return config_class(**ENCODER, max_position_embeddings=64)
+    if family == "clip_vision":
+        return tf.CLIPVisionConfig(**VISION)
     if family == "gpt2":
         return tf.GPT2Config(
             vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
@@ -36,15 +38,7 @@ def _config(family: str):
             max_position_embeddings=64,
         )
     if family == "vit":
-        return tf.ViTConfig(
-            image_size=16,
-            patch_size=8,
-            num_channels=3,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-        )
+        return tf.ViTConfig(**VISION, num_channels=3)
     raise ValueError(family)
 
 
@@ -53,9 +47,14 @@ def build_model(family: str, seed: int = 0):
 
     torch.manual_seed(seed)
     config = _config(family)
-    model_class = {"bert": tf.BertModel, "gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "vit": tf.ViTModel}[
-        family
-    ]
+    model_class = {
+        "bert": tf.BertModel,
+        "roberta": tf.RobertaModel,
+        "gpt2": tf.GPT2LMHeadModel,
+        "llama": tf.LlamaForCausalLM,
+        "vit": tf.ViTModel,
+        "clip_vision": tf.CLIPVisionModel,
+    }[family]
     return model_class(config).eval()
 
 

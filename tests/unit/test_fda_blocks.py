@@ -18,29 +18,6 @@ TOKENS = 5
 
 
 def tiny(family: str):
-    import transformers as tf
-
-    torch.manual_seed(0)
-    if family == "roberta":
-        config = tf.RobertaConfig(
-            vocab_size=96,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-        return tf.RobertaModel(config)
-    if family == "clip_vision":
-        config = tf.CLIPVisionConfig(
-            image_size=16,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        )
-        return tf.CLIPVisionModel(config)
     from tests.support.tiny_models import build_model
 
     return build_model(family)

@@ -144,11 +144,23 @@ def _merge_tensors(
             reader.close()
 
 
-def _fda_run(plan, readers, device, hashes, staging, report, should_cancel, options) -> FdaRun:  # type: ignore[no-untyped-def]
+def _fda_run(
+    plan: MergePlan,
+    readers: list[TensorReader],
+    device: torch.device,
+    hashes: Future,
+    staging: Path,
+    report: ProgressCallback,
+    should_cancel: CancelCallback | None,
+    options: MergeOptions,
+) -> FdaRun:
     files = hashes.result()  # anchors are keyed and seeded by content: FDA waits for the hashes
     digests = [input_digest(files[layout.uri]) for layout in plan.inputs]
     store = AnchorStore(options.anchor_cache) if options.anchor_cache else None
-    cast = lambda task, tensor: cast_output(task.name, tensor, DTYPES[task.output.dtype][0])  # noqa: E731
+
+    def cast(task: TensorTask, tensor: torch.Tensor) -> torch.Tensor:
+        return cast_output(task.name, tensor, DTYPES[task.output.dtype][0])
+
     config_digest = hashlib.sha256(json.dumps(plan.reference.config, sort_keys=True).encode()).hexdigest()
     return FdaRun(
         plan, readers, device, digests, store, staging / "anchors", report, should_cancel, cast, config_digest

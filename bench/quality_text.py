@@ -36,10 +36,10 @@ FDA = {
     "anchors": 32,
     "tokens": 5,
     "construction_steps": 600,
-    "tolerance": 1e-3,
-    "patience": 50,
     "adaptation_epochs": 100,
 }
+EQ5_LRS = (1e-4, 3e-4, 1e-3)
+REAL_SHAPES = ((32, 5), (64, 16))  # the anchors' own shape, and a larger real sample
 
 
 def base_path() -> Path:
@@ -115,6 +115,23 @@ def accuracy(model_dir: Path, head_file: Path, task: TextTask, tok) -> torch.Ten
     return (predictions == torch.tensor(task.labels)).float()
 
 
+def real_layer_inputs(tok, tasks: list[TextTask], count: int, tokens: int) -> list[list[torch.Tensor]]:
+    """Per task, per layer: the base model's inputs to that layer on `count` training texts, first `tokens`
+    positions (texts shorter than that are skipped) — real data in the anchors' place (the ceiling)."""
+    model = encoder(base_path()).eval()
+    per_task = []
+    for task in tasks:
+        lengths = [len(tok(text, truncation=True, max_length=MAX_LEN)["input_ids"]) for text in task.texts]
+        texts = [text for text, length in zip(task.texts, lengths) if length >= tokens][:count]
+        if len(texts) < count:
+            raise SystemExit(f"task {task.name}: only {len(texts)} texts have {tokens} tokens; need {count}")
+        batch = tok(texts, padding=True, truncation=True, max_length=MAX_LEN, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**batch, output_hidden_states=True).hidden_states[:-1]  # inputs of layers 0 … L−1
+        per_task.append([h[:, :tokens].contiguous() for h in hidden])
+    return per_task
+
+
 def bootstrap(
     ours: list[torch.Tensor], reference: list[torch.Tensor], seed: int, rounds: int = 2000
 ) -> tuple[float, float]:
@@ -152,7 +169,7 @@ def main() -> None:
             float(accuracy(folder, head, val, tok).mean()) for (_, head), val in zip(experts, vals)
         )
 
-    def merge(name: str, method: str, parameters: dict, with_base: bool = True) -> Path:
+    def merge(name: str, method: str, parameters: dict, with_base: bool = True, supplier=None) -> Path:
         out = CACHE / f"merged-{name}-seed{args.seed}"
         config = {
             "method": method,
@@ -162,7 +179,8 @@ def main() -> None:
             "seed": args.seed,
         }
         started = time.perf_counter()
-        run_merge(parse_config(config), out, MergeOptions(overwrite=True, anchor_cache=CACHE / "anchors"))
+        options = MergeOptions(overwrite=True, anchor_cache=CACHE / "anchors", anchor_supplier=supplier)
+        run_merge(parse_config(config), out, options)
         seconds[name] = time.perf_counter() - started
         score(name, out)
         print(
@@ -180,12 +198,24 @@ def main() -> None:
     merge("ties", "ties", {"lambda": 1.0}, with_base=True)
     merge("tsv", "tsv", {})
     merge("wudi", "wudi", {})
-    merge("FDA(pretrained)", "fda", {**FDA, "init": "pretrained", "adaptation_lr": 1e-4})
+    for lr in EQ5_LRS:  # Eq. 5's lr is model-specific (method doc §3): chosen on validation, like TA's λ
+        merge(f"FDA(pretrained) lr={lr:g}", "fda", {**FDA, "init": "pretrained", "adaptation_lr": lr})
+    best_pre = max((n for n in scored if n.startswith("FDA(pretrained)")), key=lambda n: val_scores[n])
     merge("FDA(TA)", "fda", {**FDA, "init": "task_arithmetic"})
     parameter_space = ["linear", best_ta, "ties", "tsv", "wudi"]
     best_ps = max(parameter_space, key=lambda n: val_scores[n])
-    if best_ps not in ("TA λ=0.3",) and not best_ps.startswith("TA"):
+    if not best_ps.startswith("TA"):
         merge(f"FDA({best_ps})", "fda", {**FDA, "init": best_ps})
+    lr = float(best_pre.split("lr=")[1])
+    for count, tokens in REAL_SHAPES:  # the ceiling: real layer inputs where the anchors go
+        real = real_layer_inputs(tok, [train for train, _, _ in splits], count, tokens)
+        supplied = {"anchors": count, "tokens": tokens, "adaptation_epochs": FDA["adaptation_epochs"]}
+        merge(
+            f"FDA(pretrained) real inputs {count}×{tokens}",
+            "fda",
+            {**supplied, "init": "pretrained", "adaptation_lr": lr},
+            supplier=lambda layer, _block, task, real=real: real[task][layer],
+        )
     report(scored, seconds, best_ta, args)
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-ANCHOR_FORMAT = 1  # bump when construction changes in a way that changes its anchors
+ANCHOR_FORMAT = 2  # bump when construction changes in a way that changes its anchors (2: structural-zero probe)
 
 
 @dataclass(frozen=True)

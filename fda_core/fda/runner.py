@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from fda_core.checkpoints.reader import TensorReader
-from fda_core.errors import MergeCancelled
+from fda_core.errors import ConfigError, MergeCancelled
 from fda_core.fda.adaptation import AdaptationResult, adapt_coefficients, adapt_weights
 from fda_core.fda.anchor_init import gaussian_anchors, weight_row_anchors
 from fda_core.fda.anchors import AnchorKey, AnchorStore, write_anchors
@@ -29,6 +29,7 @@ from fda_core.methods.base import TensorInputs
 from fda_core.methods.task_arithmetic_core import ScaledParams
 
 Writer = Callable[[str, torch.Tensor], None]
+AnchorSupplier = Callable[[int, Block, int], torch.Tensor]  # (layer, block, task) → that task's inputs (n, …)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class FdaRun:
     cast: Callable[[TensorTask, torch.Tensor], torch.Tensor]
     config_digest: str = ""  # sha256 of the base's config.json: a changed block definition invalidates anchors
     seconds: dict[str, float] = field(default_factory=lambda: {"construct": 0.0, "adapt": 0.0})
+    supplier: AnchorSupplier | None = None  # inputs given per (layer, task) replace construction entirely
 
     @property
     def settings(self) -> FdaParams:
@@ -102,6 +104,8 @@ def _anchors(
     """Each task's anchors (N, n, …): from the cache, else constructed together in one batch."""
     settings = run.settings
     shape = (settings.anchors, *block.anchor_shape)
+    if run.supplier is not None:
+        return _supplied(run, index, block, shape, len(experts))
     context = run.settings.cache_fields() | {"config_sha256": run.config_digest}
     keys = [
         AnchorKey(run.digests[0], run.digests[1 + i], block.prefix, shape, run.plan.config.seed, context)
@@ -122,6 +126,24 @@ def _anchors(
         run.anchors_dir / f"block-{index:03d}.safetensors", {f"task{i}": a for i, a in enumerate(anchors)}, manifests
     )
     return stacked, manifests
+
+
+def _supplied(
+    run: FdaRun, index: int, block: Block, shape: tuple[int, ...], tasks: int
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Inputs given by the caller (e.g. real layer inputs, for the real-data ceiling); never cached."""
+    assert run.supplier is not None
+    anchors = []
+    for task in range(tasks):
+        given = run.supplier(index, block, task)
+        if tuple(given.shape) != shape:
+            raise ConfigError(
+                f"supplied anchors for block {block.prefix} task {task} have shape {list(given.shape)}; "
+                f"this merge's settings need {list(shape)} (anchors, *one anchor)"
+            )
+        anchors.append(given.to(run.device, torch.float32))
+    manifests = [{"model": run.plan.experts[i].uri, "supplied": True} for i in range(tasks)]
+    return torch.stack(anchors), manifests
 
 
 def _construct(

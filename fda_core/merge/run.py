@@ -22,7 +22,7 @@ from fda_core.checkpoints.writer import BackgroundWriter, ShardedWriter, Written
 from fda_core.config import MergeConfig
 from fda_core.errors import ConfigError, MergeCancelled
 from fda_core.fda.anchors import AnchorStore
-from fda_core.fda.runner import FdaRun, merge_blocks
+from fda_core.fda.runner import AnchorSupplier, FdaRun, merge_blocks
 from fda_core.merge.output import check_output_free, copy_side_files, staging_directory, write_records
 from fda_core.merge.plan import MergePlan, TensorTask, build_plan
 from fda_core.merge.progress import CancelCallback, MergeProgress, ProgressCallback
@@ -39,6 +39,7 @@ class MergeOptions:
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
     overwrite: bool = False
     anchor_cache: Path | None = None  # FDA: reuse anchors across merges (content-addressed)
+    anchor_supplier: AnchorSupplier | None = None  # FDA: given inputs instead of constructed anchors (ceilings)
 
 
 @dataclass
@@ -163,8 +164,9 @@ def _fda_run(
 
     config_digest = hashlib.sha256(json.dumps(plan.reference.config, sort_keys=True).encode()).hexdigest()
     return FdaRun(
-        plan, readers, device, digests, store, staging / "anchors", report, should_cancel, cast, config_digest
-    )
+        plan, readers, device, digests, store, staging / "anchors", report, should_cancel, cast, config_digest,
+        supplier=options.anchor_supplier,
+    )  # fmt: skip
 
 
 def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader], device: torch.device) -> torch.Tensor:

@@ -159,3 +159,24 @@ def test_changing_a_construction_setting_misses_the_cache(llama, tmp_path: Path)
     merge(fda_config(base, experts), tmp_path / "a", anchor_cache=cache)
     again = merge(fda_config(base, experts, sigma=0.02), tmp_path / "b", anchor_cache=cache)
     assert not any(task["cached"] for layer in again.metrics["fda"]["layers"] for task in layer["tasks"])
+
+
+def test_supplied_inputs_replace_construction_and_a_wrong_shape_is_named(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    seen: list[tuple[int, str, int]] = []
+
+    def supplier(layer: int, block, task: int) -> torch.Tensor:
+        seen.append((layer, block.prefix, task))
+        return torch.randn(FAST["anchors"], *block.anchor_shape, generator=torch.Generator().manual_seed(layer))
+
+    result = merge(fda_config(base, experts), tmp_path / "out", anchor_supplier=supplier)
+    layers = result.metrics["fda"]["layers"]
+    assert sorted({(layer, task) for layer, _, task in seen}) == [(i, t) for i in range(len(layers)) for t in (0, 1)]
+    assert all(task.get("supplied") for layer in layers for task in layer["tasks"])
+
+    def wrong(layer: int, block, task: int) -> torch.Tensor:
+        return torch.zeros(3, *block.anchor_shape)
+
+    with pytest.raises(ConfigError, match=r"shape \[3, 5, 32\].*need \[8, 5, 32\]"):
+        merge(fda_config(base, experts), tmp_path / "bad", anchor_supplier=wrong)
+    assert not (tmp_path / "bad").exists()

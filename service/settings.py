@@ -1,4 +1,8 @@
-"""Settings from the environment (FDA_*), built once and overridable in tests."""
+"""Settings from the environment (FDA_*), built once and overridable in tests.
+
+Backends are picked by URL scheme only: `sqlite:///…` or `postgresql+psycopg://…`;
+a local directory or `s3://bucket/prefix` for outputs; `filesystem://` (embedded) or `redis://…`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,22 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+VAR = Path("var")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FDA_", extra="ignore")
 
+    database_url: str = Field(f"sqlite:///{VAR / 'fdamerge.db'}", description="SQLAlchemy URL of the job database")
+    broker_url: str = Field("filesystem://", description="Celery broker; filesystem:// is the embedded one")
+    storage_url: str = Field(str(VAR / "storage"), description="Where outputs go: a directory or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS); None for AWS")
     s3_region: str | None = Field(None, description="Region for the S3 client; None takes AWS_DEFAULT_REGION")
     cache_dir: Path = Field(Path("~/.cache/fda-merge").expanduser(), description="Downloaded checkpoints")
+    lease_seconds: float = Field(
+        120.0, gt=0, description="A claimed job is another worker's after this without a heartbeat"
+    )
+    max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it fails with worker_lost")
 
 
 @lru_cache

@@ -40,3 +40,22 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL on loopback (trust auth), stopped by its own pg_ctl at the end.
+
+    Its directory is outside pytest's root-only temp tree: the server runs as the postgres user."""
+    import shutil
+    import tempfile
+
+    from tests.support.services import start_postgres
+
+    directory = Path(tempfile.mkdtemp(prefix="fda-postgres-"))
+    try:
+        server = start_postgres(directory)
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

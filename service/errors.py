@@ -1,0 +1,29 @@
+"""Typed service errors, translated once at the edge (HTTP problem+json, the job's error field)."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    code = "service_error"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    """The request cannot apply to the object's current state (e.g. cancelling a finished job)."""
+
+    code = "conflict"
+
+
+class IdempotencyMismatch(ServiceError):
+    """The same Idempotency-Key came with a different request body."""
+
+    code = "idempotency_key_reused"
+
+
+class LeaseLost(ServiceError):
+    """This worker no longer holds the job (its lease expired and another worker claimed it)."""
+
+    code = "lease_lost"

@@ -1,0 +1,242 @@
+"""The merge job lifecycle: submit, claim with a lease, heartbeat, progress, finish, fail, cancel, reap.
+
+States: queued → running → succeeded | failed; queued → cancelled; running → cancelling → cancelled
+(or succeeded / failed: cancel is best effort). Every transition is one compare-and-set UPDATE, so
+a duplicate queue delivery, a stale worker or a racing reaper can never move a job twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.errors import Conflict, IdempotencyMismatch, LeaseLost, NotFound
+from service.ids import new_id
+from service.models import Artifact, JobEvent, MergeJob, Metric, utcnow
+
+ACTIVE = ("running", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    config: dict[str, Any]
+    output_prefix: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def digest(self) -> str:
+        document = {"config": self.config, "output": self.output_prefix, "metadata": self.metadata or {}}
+        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def submit_job(
+    session: Session, *, tenant_id: str, request: JobRequest, idempotency_key: str | None = None, max_attempts: int = 3
+) -> tuple[MergeJob, bool]:
+    """A new queued job (committed), or the job an earlier request with this Idempotency-Key created.
+
+    Returns (job, created). The same key with a different request raises IdempotencyMismatch.
+    """
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if earlier is not None:
+            return _replayed(earlier, request), False
+    job = MergeJob(
+        id=new_id("mj"), tenant_id=tenant_id, status="queued", stage="queued", config=request.config,
+        output_prefix=request.output_prefix, metadata_=request.metadata or {}, idempotency_key=idempotency_key,
+        request_sha256=request.digest(), max_attempts=max_attempts,
+    )  # fmt: skip
+    try:
+        session.add(job)
+        session.flush()  # the job row first: its events reference it
+        session.add(JobEvent(job_id=job.id, kind="status", message="queued"))
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        session.rollback()
+        earlier = _by_idempotency_key(session, tenant_id, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        return _replayed(earlier, request), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> MergeJob | None:
+    query = select(MergeJob).where(MergeJob.tenant_id == tenant_id, MergeJob.idempotency_key == key)
+    return session.scalars(query).first()
+
+
+def _replayed(job: MergeJob, request: JobRequest) -> MergeJob:
+    if job.request_sha256 != request.digest():
+        raise IdempotencyMismatch(f"Idempotency-Key was used for a different request (job {job.id})")
+    return job
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> MergeJob:
+    """The tenant's job; another tenant's job is NotFound, never forbidden."""
+    job = session.get(MergeJob, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"no merge job {job_id!r}")
+    return job
+
+
+def claim_job(session: Session, job_id: str, *, worker_id: str, lease_seconds: float) -> MergeJob | None:
+    """Take the job for this worker, or None when it is not claimable (already running elsewhere,
+    finished, or its attempts used up): a duplicate delivery then simply exits."""
+    now = utcnow()
+    claimable = or_(
+        MergeJob.status == "queued",
+        (MergeJob.status == "running") & (MergeJob.lease_expires_at < now) & (MergeJob.attempt < MergeJob.max_attempts),
+    )
+    values = {
+        "status": "running", "stage": "starting", "worker_id": worker_id, "attempt": MergeJob.attempt + 1,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+    }  # fmt: skip
+    if _changed(session, update(MergeJob).where(MergeJob.id == job_id, claimable).values(**values)) != 1:
+        session.rollback()
+        return None
+    job = session.get(MergeJob, job_id, populate_existing=True)
+    assert job is not None
+    if job.started_at is None:
+        job.started_at = now
+    session.add(JobEvent(job_id=job_id, kind="status", attempt=job.attempt, message=f"running on {worker_id}"))
+    session.commit()
+    return job
+
+
+def heartbeat(session: Session, job_id: str, *, worker_id: str, lease_seconds: float) -> bool:
+    """Renew this worker's lease; returns whether a cancel was requested. LeaseLost if another worker owns it."""
+    now = utcnow()
+    owned = _owned(job_id, worker_id)
+    renewed = _changed(
+        session, update(MergeJob).where(*owned).values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    if renewed != 1:
+        session.rollback()
+        raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
+    cancel = bool(session.scalar(select(MergeJob.cancel_requested).where(MergeJob.id == job_id)))
+    session.commit()
+    return cancel
+
+
+def record_progress(
+    session: Session, job_id: str, *, worker_id: str, stage: str, progress: float, message: str = "", data=None
+) -> None:
+    """Stage, progress (0–1) and a progress event, by the job's owner only."""
+    changed = _changed(
+        session,
+        update(MergeJob).where(*_owned(job_id, worker_id)).values(stage=stage, progress=max(0.0, min(1.0, progress))),
+    )
+    if changed != 1:
+        session.rollback()
+        raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
+    attempt = session.scalar(select(MergeJob.attempt).where(MergeJob.id == job_id)) or 0
+    session.add(JobEvent(job_id=job_id, kind="progress", attempt=attempt, message=message, data=data or {}))
+    session.commit()
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    *,
+    worker_id: str,
+    result: dict[str, Any],
+    artifacts: list[dict[str, Any]],
+    metrics: dict[str, dict[str, Any]],
+) -> None:
+    """succeeded, with its artifacts and metrics, in one transaction: the owner's result lands exactly once."""
+    _end(session, job_id, worker_id, "succeeded", result=result, progress=1.0, stage="done")
+    session.add_all(Artifact(job_id=job_id, **artifact) for artifact in artifacts)
+    session.add_all(Metric(job_id=job_id, name=name, value=value) for name, value in metrics.items())
+    session.commit()
+
+
+def fail_job(
+    session: Session, job_id: str, *, worker_id: str, code: str, message: str, param: str | None = None
+) -> None:
+    _end(session, job_id, worker_id, "failed", error_code=code, error_message=message, error_param=param)
+    session.commit()
+
+
+def cancelled_by_worker(session: Session, job_id: str, *, worker_id: str) -> None:
+    """The worker stopped at a cancel request; nothing was written."""
+    _end(session, job_id, worker_id, "cancelled", stage="cancelled")
+    session.commit()
+
+
+def _end(session: Session, job_id: str, worker_id: str, status: str, **values: Any) -> None:
+    ended = _changed(
+        session,
+        update(MergeJob).where(*_owned(job_id, worker_id)).values(status=status, finished_at=utcnow(), **values),
+    )
+    if ended != 1:
+        session.rollback()
+        raise LeaseLost(f"job {job_id} is no longer held by {worker_id}; not marking it {status}")
+    message = values.get("error_message") or status
+    session.add(
+        JobEvent(job_id=job_id, kind="status", message=f"{status}: {message}" if status == "failed" else status)
+    )
+
+
+def _changed(session: Session, statement: Any) -> int:
+    """Rows an UPDATE changed: 1 means this compare-and-set won."""
+    return cast(CursorResult, session.execute(statement)).rowcount
+
+
+def _owned(job_id: str, worker_id: str) -> tuple:
+    return MergeJob.id == job_id, MergeJob.worker_id == worker_id, MergeJob.status.in_(ACTIVE)
+
+
+def request_cancel(session: Session, tenant_id: str, job_id: str) -> MergeJob:
+    """queued → cancelled at once; running → cancelling (the worker stops at its next step)."""
+    job = get_job(session, tenant_id, job_id)
+    now = utcnow()
+    queued = update(MergeJob).where(MergeJob.id == job_id, MergeJob.status == "queued")
+    if _changed(session, queued.values(status="cancelled", stage="cancelled", finished_at=now)) == 1:
+        session.add(JobEvent(job_id=job_id, kind="status", message="cancelled before it started"))
+    else:
+        running = update(MergeJob).where(MergeJob.id == job_id, MergeJob.status.in_(ACTIVE))
+        if _changed(session, running.values(status="cancelling", cancel_requested=True)) == 1:
+            session.add(JobEvent(job_id=job_id, kind="status", message="cancelling"))
+        elif job.status in TERMINAL:
+            session.rollback()
+            raise Conflict(f"job {job_id} already {job.status}")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def reap_expired(session: Session, now: datetime | None = None) -> list[str]:
+    """Jobs whose worker stopped heartbeating: re-queued while attempts remain (returned, to enqueue
+    after this commit), else failed with worker_lost; an abandoned cancelling job ends cancelled."""
+    now = now or utcnow()
+    expired = select(MergeJob).where(MergeJob.status.in_(ACTIVE), MergeJob.lease_expires_at < now)
+    requeued = []
+    for job in session.scalars(expired).all():
+        outcome = _reap_one(session, job, now)
+        if outcome == "queued":
+            requeued.append(job.id)
+    session.commit()
+    return requeued
+
+
+def _reap_one(session: Session, job: MergeJob, now: datetime) -> str:
+    if job.status == "cancelling":
+        values: dict[str, Any] = {"status": "cancelled", "stage": "cancelled", "finished_at": now}
+    elif job.attempt < job.max_attempts:
+        values = {"status": "queued", "stage": "requeued", "worker_id": None, "lease_expires_at": None}
+    else:
+        message = f"the worker was lost on each of {job.attempt} attempts"
+        values = {"status": "failed", "error_code": "worker_lost", "error_message": message, "finished_at": now}
+    guard = (MergeJob.id == job.id, MergeJob.status == job.status, MergeJob.lease_expires_at == job.lease_expires_at)
+    if _changed(session, update(MergeJob).where(*guard).values(**values)) != 1:
+        return "skipped"  # a heartbeat or another reaper got there first
+    session.add(
+        JobEvent(job_id=job.id, kind="status", attempt=job.attempt, message=f"lease expired: {values['status']}")
+    )
+    return str(values["status"])

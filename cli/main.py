@@ -10,7 +10,7 @@ import sys
 # slower (the team's eval notes, shared/docs/eval-data.md); passive waiting avoids the collapse.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cli import merge_command, migrate_command
+from cli import keys_command, merge_command, migrate_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     merge_command.add_parser(commands)
     migrate_command.add_parser(commands)
+    keys_command.add_parser(commands)
     return parser
 
 

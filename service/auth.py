@@ -1,0 +1,92 @@
+"""Tenants and bearer API keys: keys are shown once, stored as sha256 with a lookup prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.errors import ServiceError
+from service.ids import new_id
+from service.models import ApiKey, Tenant, utcnow
+
+SCOPES = ("jobs:read", "jobs:write", "schedules:write", "admin")
+DEFAULT_SCOPES = ("jobs:read", "jobs:write")
+KEY_PREFIX = "fdm"
+
+
+class Unauthorized(ServiceError):
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: their tenant, what they may do, and where their inputs may come from."""
+
+    tenant_id: str
+    scopes: frozenset[str]
+    allowed_prefixes: tuple[str, ...]
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes and "admin" not in self.scopes:
+            raise Forbidden(f"this API key lacks the {scope!r} scope")
+
+
+def ensure_tenant(session: Session, name: str, allowed_prefixes: list[str] | None = None) -> Tenant:
+    """The tenant called `name` (created if new); given prefixes are added to its allowlist."""
+    tenant = session.scalars(select(Tenant).where(Tenant.name == name)).first()
+    if tenant is None:
+        tenant = Tenant(id=new_id("tn"), name=name, allowed_prefixes=[])
+        session.add(tenant)
+    new = [p for p in allowed_prefixes or [] if p not in tenant.allowed_prefixes]
+    if new:
+        tenant.allowed_prefixes = [*tenant.allowed_prefixes, *new]
+    session.flush()
+    return tenant
+
+
+def create_api_key(
+    session: Session, tenant: Tenant, scopes: list[str] | None = None, expires_at: datetime | None = None
+) -> str:
+    """A new key for the tenant; returns the plaintext, which is never stored or shown again."""
+    wanted = list(scopes or DEFAULT_SCOPES)
+    unknown = sorted(set(wanted) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
+    lookup, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    plaintext = f"{KEY_PREFIX}_{lookup}_{secret}"
+    session.add(
+        ApiKey(
+            id=new_id("key"), tenant_id=tenant.id, lookup=lookup, sha256=_digest(plaintext), scopes=wanted,
+            expires_at=expires_at,
+        )
+    )  # fmt: skip
+    session.flush()
+    return plaintext
+
+
+def authenticate(session: Session, presented: str) -> Principal:
+    """The principal of a bearer key; Unauthorized for unknown, wrong, revoked or expired keys."""
+    parts = presented.split("_")
+    if len(parts) < 3 or parts[0] != KEY_PREFIX:
+        raise Unauthorized("malformed API key")
+    key = session.scalars(select(ApiKey).where(ApiKey.lookup == parts[1])).first()
+    if key is None or not hmac.compare_digest(key.sha256, _digest(presented)):
+        raise Unauthorized("unknown API key")
+    if key.revoked or (key.expires_at is not None and key.expires_at <= utcnow()):
+        raise Unauthorized("API key revoked or expired")
+    tenant = session.get_one(Tenant, key.tenant_id)
+    return Principal(tenant.id, frozenset(key.scopes), tuple(tenant.allowed_prefixes))
+
+
+def _digest(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()

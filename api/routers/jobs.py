@@ -1,0 +1,133 @@
+"""/v1/merge-jobs: submit, list, read, cancel, and each job's events, artifacts and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
+
+from api.deps import DispatcherDep, PrincipalDep, SessionDep, SettingsDep
+from api.schemas import ArtifactPublic, JobEventPublic, MergeJobCreate, MergeJobPublic, Page
+from service.db import session_scope
+from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
+from service.jobs import TERMINAL, get_job, request_cancel, submit_job
+from service.submission import InvalidRequest, job_request
+
+router = APIRouter(prefix="/v1/merge-jobs", tags=["merge jobs"])
+
+
+@router.post("", status_code=202, response_model=MergeJobPublic)
+def create_merge_job(
+    body: MergeJobCreate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> MergeJobPublic:
+    """Accept a merge job (202). A replayed Idempotency-Key returns the job it created."""
+    principal.require("jobs:write")
+    request = job_request(body.merge_config(), principal, body.output, body.metadata)
+    job, created = submit_job(
+        session, tenant_id=principal.tenant_id, request=request, idempotency_key=idempotency_key,
+        max_attempts=settings.max_attempts,
+    )  # fmt: skip
+    if created:
+        dispatcher.enqueue(job.id)  # after the commit: a worker never sees a job the database lacks
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/merge-jobs/{job.id}"
+    return MergeJobPublic.of(job)
+
+
+@router.get("", response_model=Page[MergeJobPublic])
+def list_merge_jobs(
+    principal: PrincipalDep,
+    session: SessionDep,
+    status: Annotated[list[str] | None, Query()] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    metadata: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
+    limit: int | None = None,
+    after: str | None = None,
+) -> Page[MergeJobPublic]:
+    principal.require("jobs:read")
+    filters = JobFilter(tuple(status or ()), created_after, created_before, _pairs(metadata or []))
+    jobs, cursor = list_jobs(session, principal.tenant_id, filters, limit, after)
+    return Page(data=[MergeJobPublic.of(j) for j in jobs], has_more=cursor is not None, next_cursor=cursor)
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    if any(":" not in item for item in items):
+        raise InvalidRequest("metadata: filters are key:value", "metadata")
+    return dict(item.split(":", 1) for item in items)
+
+
+@router.get("/{job_id}", response_model=MergeJobPublic)
+def get_merge_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> MergeJobPublic:
+    principal.require("jobs:read")
+    return MergeJobPublic.of(get_job(session, principal.tenant_id, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=MergeJobPublic)
+def cancel_merge_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> MergeJobPublic:
+    """Queued jobs end at once; running ones go to `cancelling` and stop at their next step."""
+    principal.require("jobs:write")
+    return MergeJobPublic.of(request_cancel(session, principal.tenant_id, job_id))
+
+
+@router.get("/{job_id}/events", response_model=Page[JobEventPublic])
+def merge_job_events(
+    job_id: str,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: int | None = None,
+    limit: int | None = None,
+    stream: bool = Query(False, description="server-sent events until the job ends"),
+):
+    principal.require("jobs:read")
+    get_job(session, principal.tenant_id, job_id)
+    if stream:
+        return StreamingResponse(_event_stream(settings.database_url, job_id, after), media_type="text/event-stream")
+    events, cursor = list_events(session, job_id, after, limit)
+    return Page(
+        data=[JobEventPublic.of(e) for e in events],
+        has_more=cursor is not None,
+        next_cursor=str(cursor) if cursor is not None else None,
+    )
+
+
+async def _event_stream(database_url: str, job_id: str, after: int | None, poll: float = 0.5) -> AsyncIterator[str]:
+    while True:
+        with session_scope(database_url) as session:
+            events, _ = list_events(session, job_id, after, limit=100)
+            status = job_status(session, job_id)
+        for event in events:
+            after = event.id
+            yield f"id: {event.id}\nevent: {event.kind}\ndata: {JobEventPublic.of(event).model_dump_json()}\n\n"
+        if not events and status in TERMINAL:
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if not events:
+            await asyncio.sleep(poll)
+
+
+@router.get("/{job_id}/artifacts", response_model=Page[ArtifactPublic])
+def merge_job_artifacts(job_id: str, principal: PrincipalDep, session: SessionDep) -> Page[ArtifactPublic]:
+    principal.require("jobs:read")
+    get_job(session, principal.tenant_id, job_id)
+    return Page(data=[ArtifactPublic.of(a) for a in artifacts_of(session, job_id)], has_more=False, next_cursor=None)
+
+
+@router.get("/{job_id}/metrics")
+def merge_job_metrics(job_id: str, principal: PrincipalDep, session: SessionDep) -> dict:
+    principal.require("jobs:read")
+    get_job(session, principal.tenant_id, job_id)
+    return {"object": "metrics", "job_id": job_id, "metrics": metrics_of(session, job_id)}

@@ -1,0 +1,43 @@
+"""One Celery configuration for the API (sender) and the workers, from service settings.
+
+Settings follow the shared service conventions §2: late acks, redelivery when a worker is lost,
+one prefetched job, no result backend (job state lives in our database).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery
+
+from service.settings import VAR
+
+VISIBILITY_TIMEOUT = 6 * 3600  # Redis redelivers unacked messages older than this even while they run
+
+
+def make_celery(broker_url: str, name: str = "fdamerge") -> Celery:
+    app = Celery(name, broker=broker_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue="merge",
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(broker_url),
+    )
+    return app
+
+
+def _transport_options(broker_url: str) -> dict:
+    if broker_url.startswith("filesystem://"):  # the embedded broker: folders under ./var
+        root = VAR / "broker"
+        for sub in ("in", "processed"):
+            Path(root / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(root / "in"),
+            "data_folder_out": str(root / "in"),
+            "processed_folder": str(root / "processed"),
+            "store_processed": False,
+        }
+    return {"visibility_timeout": VISIBILITY_TIMEOUT}

@@ -1,0 +1,62 @@
+"""What a tenant may submit: inputs only from its allowlist, well-formed URIs, a safe output prefix."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fda_core.config import MergeConfig
+from service.auth import Principal
+from service.errors import ServiceError
+from service.jobs import JobRequest
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class InvalidRequest(ServiceError):
+    """A field of the request is wrong; `param` names it (`models[1].model`)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def job_request(config: MergeConfig, principal: Principal, output: str | None, metadata: dict[str, Any]) -> JobRequest:
+    for param, uri in _inputs(config):
+        check_input_allowed(uri, principal.allowed_prefixes, param)
+    if output is not None:
+        check_relative_prefix(output, "output")
+    return JobRequest(config.model_dump(mode="json", exclude_none=True), output, metadata)
+
+
+def _inputs(config: MergeConfig) -> list[tuple[str, str]]:
+    found = [("base_model", config.base_model)] if config.base_model else []
+    return found + [(f"models[{i}].model", m.model) for i, m in enumerate(config.models)]
+
+
+def check_input_allowed(uri: str, allowed: tuple[str, ...], param: str) -> None:
+    """`uri` must be well formed and lie under one of the tenant's allowed prefixes (on a `/` boundary)."""
+    _check_segments(uri, param)
+    for prefix in allowed:
+        stem = prefix.rstrip("/")
+        if uri == stem or uri.startswith(stem + "/"):
+            return
+    where = ", ".join(allowed) if allowed else "nowhere (ask an admin: fdamerge keys create --allow-bucket)"
+    raise InvalidRequest(f"{param}: {uri!r} is not under this tenant's allowed inputs: {where}", param)
+
+
+def check_relative_prefix(prefix: str, param: str) -> None:
+    if prefix.startswith("/") or "://" in prefix:
+        raise InvalidRequest(f"{param}: {prefix!r} must be a relative prefix inside the service's storage", param)
+    _check_segments(prefix, param)
+
+
+def _check_segments(value: str, param: str) -> None:
+    if _CONTROL.search(value):
+        raise InvalidRequest(f"{param}: control characters are not allowed", param)
+    path = value.split("://", 1)[1] if "://" in value else value
+    segments = path.strip("/").split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        raise InvalidRequest(f"{param}: {value!r} has an empty, '.' or '..' path segment", param)

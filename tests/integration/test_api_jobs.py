@@ -1,0 +1,174 @@
+"""The merge-jobs HTTP API over a real database (SQLite here; the lifecycle tests cover PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from service.auth import create_api_key, ensure_tenant
+from service.db import session_scope
+from service.jobs import claim_job, record_progress
+from service.migrate import upgrade
+from service.queue import RecordingDispatcher
+from service.settings import Settings
+
+BODY = {
+    "method": "task_arithmetic",
+    "base_model": "s3://models/acme/base",
+    "models": [{"model": "s3://models/acme/a"}, {"model": "s3://models/acme/b"}],
+    "parameters": {"lambda": 0.5},
+}
+
+
+class Stack:
+    def __init__(self, tmp_path: Path) -> None:
+        self.url = f"sqlite:///{tmp_path / 'api.db'}"
+        upgrade(self.url)
+        with session_scope(self.url) as session:
+            acme = ensure_tenant(session, "acme", ["s3://models/acme"])
+            self.key = create_api_key(session, acme)
+            self.reader = create_api_key(session, acme, ["jobs:read"])
+            self.other = create_api_key(session, ensure_tenant(session, "globex", ["s3://models/globex"]))
+        self.dispatcher = RecordingDispatcher()
+        self.client = TestClient(create_app(Settings(database_url=self.url), self.dispatcher))
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", **extra}
+
+    def submit(self, body=BODY, **headers: str):
+        return self.client.post("/v1/merge-jobs", json=body, headers=self.headers(**headers))
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    return Stack(tmp_path)
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert (body["status"], body["code"]) == (status, code) and body["detail"] and body["instance"]
+    return body
+
+
+def test_a_submitted_job_is_accepted_queued_and_enqueued_after_commit(stack: Stack) -> None:
+    response = stack.submit()
+    assert response.status_code == 202
+    job = response.json()
+    assert job["id"].startswith("mj_") and job["status"] == "queued" and job["attempt"] == 0
+    assert response.headers["location"] == f"/v1/merge-jobs/{job['id']}"
+    assert stack.dispatcher.enqueued == [job["id"]]
+    read = stack.client.get(f"/v1/merge-jobs/{job['id']}", headers=stack.headers()).json()
+    assert read["config"]["models"][1]["model"] == "s3://models/acme/b" and read["config"]["parameters"] == {
+        "lambda": 0.5
+    }
+
+
+def test_an_idempotent_replay_returns_the_same_job_and_enqueues_once(stack: Stack) -> None:
+    first = stack.submit(**{"Idempotency-Key": "k-1"})
+    again = stack.submit(**{"Idempotency-Key": "k-1"})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true" and len(stack.dispatcher.enqueued) == 1
+    different = stack.submit({**BODY, "parameters": {"lambda": 0.3}}, **{"Idempotency-Key": "k-1"})
+    assert_problem(different, 422, "idempotency_key_reused")
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"method": "no_such_method"}, "method"),
+        ({"models": [{"model": "s3://models/globex/a"}]}, "models[0].model"),
+        ({"models": [{"model": "s3://models/acme/../globex/a"}]}, "models[0].model"),
+        ({"base_model": "s3://other-bucket/base"}, "base_model"),
+        ({"output": "/etc/passwd"}, "output"),
+        ({"parameters": {"lambda": "lots"}}, "parameters"),
+    ],
+)
+def test_bad_requests_are_refused_at_submit_naming_the_field(stack: Stack, change: dict, param: str) -> None:
+    problem = assert_problem(stack.submit({**BODY, **change}), 422, "invalid_request")
+    assert param in (problem.get("param") or "") + problem["detail"]
+    assert stack.dispatcher.enqueued == []
+
+
+def test_requests_need_a_valid_key_with_the_right_scope(stack: Stack) -> None:
+    assert_problem(stack.client.post("/v1/merge-jobs", json=BODY), 401, "unauthorized")
+    assert_problem(stack.submit(Authorization="Bearer fdm_000000000000_nope"), 401, "unauthorized")
+    assert_problem(
+        stack.client.post("/v1/merge-jobs", json=BODY, headers=stack.headers(stack.reader)), 403, "forbidden"
+    )
+
+
+def test_another_tenants_job_answers_404(stack: Stack) -> None:
+    job_id = stack.submit().json()["id"]
+    for path in ("", "/events", "/artifacts", "/metrics"):
+        assert_problem(
+            stack.client.get(f"/v1/merge-jobs/{job_id}{path}", headers=stack.headers(stack.other)), 404, "not_found"
+        )
+    assert_problem(
+        stack.client.post(f"/v1/merge-jobs/{job_id}/cancel", headers=stack.headers(stack.other)), 404, "not_found"
+    )
+    assert stack.client.get("/v1/merge-jobs", headers=stack.headers(stack.other)).json()["data"] == []
+
+
+def test_listing_pages_through_every_job_newest_first_with_filters(stack: Stack) -> None:
+    ids = [stack.submit({**BODY, "metadata": {"team": "a" if i % 2 else "b"}}).json()["id"] for i in range(7)]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3, **({"after": cursor} if cursor else {})}
+        page = stack.client.get("/v1/merge-jobs", params=params, headers=stack.headers()).json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+        assert page["has_more"] == (cursor is not None)
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    team_a = stack.client.get("/v1/merge-jobs", params={"metadata": "team:a"}, headers=stack.headers()).json()
+    assert {job["id"] for job in team_a["data"]} == set(ids[1::2])
+    stack.client.post(f"/v1/merge-jobs/{ids[0]}/cancel", headers=stack.headers())
+    cancelled = stack.client.get("/v1/merge-jobs", params={"status": "cancelled"}, headers=stack.headers()).json()
+    assert [job["id"] for job in cancelled["data"]] == [ids[0]]
+    assert_problem(
+        stack.client.get("/v1/merge-jobs", params={"after": "garbage"}, headers=stack.headers()), 422, "invalid_request"
+    )
+
+
+def test_cancel_and_events_follow_the_job(stack: Stack) -> None:
+    job_id = stack.submit().json()["id"]
+    with session_scope(stack.url) as session:
+        claim_job(session, job_id, worker_id="w1", lease_seconds=60)
+        record_progress(session, job_id, worker_id="w1", stage="merge", progress=0.25, data={"layer": 1})
+    cancelled = stack.client.post(f"/v1/merge-jobs/{job_id}/cancel", headers=stack.headers()).json()
+    assert cancelled["status"] == "cancelling"
+    events = stack.client.get(f"/v1/merge-jobs/{job_id}/events", params={"limit": 2}, headers=stack.headers()).json()
+    assert [e["kind"] for e in events["data"]] == ["status", "status"] and events["has_more"]
+    rest = stack.client.get(
+        f"/v1/merge-jobs/{job_id}/events", params={"after": events["next_cursor"]}, headers=stack.headers()
+    ).json()
+    assert [e["kind"] for e in rest["data"]] == ["progress", "status"] and rest["data"][0]["data"] == {"layer": 1}
+
+
+def test_events_stream_as_server_sent_events_until_the_job_ends(stack: Stack) -> None:
+    job_id = stack.submit().json()["id"]
+    stack.client.post(f"/v1/merge-jobs/{job_id}/cancel", headers=stack.headers())
+    with stack.client.stream(
+        "GET", f"/v1/merge-jobs/{job_id}/events", params={"stream": "true"}, headers=stack.headers()
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(response.iter_text())
+    assert text.count("event: status") == 2 and text.rstrip().endswith('data: {"status": "cancelled"}')
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(stack: Stack) -> None:
+    huge = {**BODY, "metadata": {"blob": "x" * (2 << 20)}}
+    assert_problem(stack.submit(huge), 413, "body_too_large")
+
+
+def test_health_readiness_and_openapi(stack: Stack) -> None:
+    assert stack.client.get("/healthz").json() == {"status": "ok"}
+    assert stack.client.get("/readyz").json() == {"status": "ready"}
+    paths = stack.client.get("/openapi.json").json()["paths"]
+    assert {"/v1/merge-jobs", "/v1/merge-jobs/{job_id}/cancel", "/v1/merge-jobs/{job_id}/events"} <= set(paths)

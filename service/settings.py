@@ -28,6 +28,7 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A claimed job is another worker's after this without a heartbeat"
     )
     max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it fails with worker_lost")
+    device: str = Field("cpu", description="Where workers merge: cpu, cuda or cuda:N")
 
 
 @lru_cache

@@ -1,0 +1,16 @@
+"""The Celery app of the workers: `celery -A worker.app worker -Q merge -c 1 --max-tasks-per-child 1`.
+
+Settings come from service/ (FDA_BROKER_URL and friends). No CUDA call happens in this parent
+process: forked children would inherit a broken CUDA context.
+"""
+
+from __future__ import annotations
+
+from service.celery_config import make_celery
+from service.settings import get_settings
+
+REAP_EVERY_SECONDS = 30.0
+
+app = make_celery(get_settings().broker_url, name="fdamerge-worker")
+app.conf.beat_schedule = {"reap-expired-leases": {"task": "fdamerge.reap", "schedule": REAP_EVERY_SECONDS}}
+app.conf.imports = ("worker.tasks",)

@@ -1,0 +1,20 @@
+"""Thin tasks: re-read settings, call one service function."""
+
+from __future__ import annotations
+
+from service.execute import execute_job
+from service.queue import MERGE_TASK, CeleryDispatcher
+from service.reaper import reap_and_requeue
+from service.settings import get_settings
+from worker.app import app
+
+
+@app.task(name=MERGE_TASK)
+def merge(job_id: str) -> str:
+    return execute_job(job_id, get_settings())
+
+
+@app.task(name="fdamerge.reap")
+def reap() -> list[str]:
+    settings = get_settings()
+    return reap_and_requeue(settings, CeleryDispatcher(settings.broker_url))

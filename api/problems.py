@@ -55,7 +55,7 @@ def install(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {
-                "param": ".".join(str(p) for p in e["loc"] if p != "body"),
+                "param": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
                 "message": e["msg"].removeprefix("Value error, "),
             }
             for e in exc.errors()

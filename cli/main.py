@@ -10,7 +10,7 @@ import sys
 # slower (the team's eval notes, shared/docs/eval-data.md); passive waiting avoids the collapse.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cli import keys_command, merge_command, migrate_command
+from cli import keys_command, merge_command, migrate_command, service_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge_command.add_parser(commands)
     migrate_command.add_parser(commands)
     keys_command.add_parser(commands)
+    service_commands.add_parsers(commands)
     return parser
 
 

@@ -122,3 +122,34 @@ def start_postgres(directory: Path) -> PostgresServer:
     start = [str(bin_dir / "pg_ctl"), "-w", "-D", str(data), "-l", str(directory / "pg.log"), "-o", options, "start"]
     subprocess.run(as_postgres + start, check=True, capture_output=True, timeout=60)
     return PostgresServer(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", directory, bin_dir)
+
+
+@dataclass
+class RedisServer:
+    url: str
+    pidfile: Path
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.pidfile.exists():
+            os.kill(int(self.pidfile.read_text().strip()), signal.SIGTERM)
+
+
+def start_redis(directory: Path) -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not installed: bash scripts/setup.sh test installs it (apt redis-server)")
+    port, pidfile = free_port(), directory / "redis.pid"
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+               "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(directory),
+               "--logfile", str(directory / "redis.log")]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0 and pidfile.exists():
+                return RedisServer(f"redis://127.0.0.1:{port}/0", pidfile)
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not start: {(directory / 'redis.log').read_text()[-2000:]}")

@@ -1,0 +1,93 @@
+"""`fdamerge api | worker | beat | up`: the service's processes, configured by FDA_* variables.
+
+`up` is the embedded stack for a laptop: SQLite, ./var/storage and the filesystem broker, one
+worker with the periodic reaper, the API in the foreground; it prints the URL and a first key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+WORKER = ["-A", "worker.app", "worker", "--loglevel", "INFO"]
+
+
+def add_parsers(commands) -> None:
+    api = commands.add_parser("api", help="serve the HTTP API (uvicorn)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(run=run_api)
+    worker = commands.add_parser("worker", help="a merge worker: one job at a time, a fresh process per job")
+    worker.set_defaults(run=run_worker)
+    beat = commands.add_parser("beat", help="periodic tasks (the lease reaper) and their small worker")
+    beat.set_defaults(run=run_beat)
+    up = commands.add_parser("up", help="API + worker + reaper on SQLite, ./var storage, embedded broker")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.set_defaults(run=run_up)
+
+
+def run_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
+    return 0
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "celery", *WORKER, "-Q", "merge", "-c", "1", "--prefetch-multiplier", "1",
+            "--max-tasks-per-child", "1", "-n", "merge@%h"]  # fmt: skip
+
+
+def beat_command(schedule: str = "var/celerybeat-schedule") -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        *WORKER,
+        "-B",
+        "-s",
+        schedule,
+        "-Q",
+        "control",
+        "-c",
+        "1",
+        "-n",
+        "control@%h",
+    ]
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, worker_command())
+    return 0  # not reached
+
+
+def run_beat(args: argparse.Namespace) -> int:
+    os.makedirs("var", exist_ok=True)
+    os.execv(sys.executable, beat_command())
+    return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from service.auth import create_api_key, ensure_tenant
+    from service.db import session_scope
+    from service.migrate import upgrade
+    from service.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        tenant = ensure_tenant(session, "local", ["/", "s3://"])  # a laptop: local folders and any bucket
+        key = create_api_key(session, tenant, ["jobs:read", "jobs:write", "admin"])
+    workers = [subprocess.Popen(worker_command()), subprocess.Popen(beat_command())]
+    url = f"http://{args.host}:{args.port}"
+    print(f"fda-merge is up: {url} (API docs at {url}/docs)\nAPI key (shown once): {key}", flush=True)
+    try:
+        return run_api(args)
+    finally:
+        for process in workers:
+            process.terminate()
+        for process in workers:
+            process.wait(timeout=30)

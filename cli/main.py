@@ -10,7 +10,7 @@ import sys
 # slower (the team's eval notes, shared/docs/eval-data.md); passive waiting avoids the collapse.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cli import keys_command, merge_command, migrate_command, service_commands
+from cli import client_commands, keys_command, merge_command, migrate_command, service_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_command.add_parser(commands)
     keys_command.add_parser(commands)
     service_commands.add_parsers(commands)
+    client_commands.add_parsers(commands)
     return parser
 
 

@@ -1,0 +1,66 @@
+"""`fdamerge up` on a laptop: one command, then `fdamerge submit --wait` merges local folders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.integration.test_merge_cli import load_with_transformers
+from tests.support.cli import REPO
+from tests.support.services import free_port
+
+
+def start_up(workdir: Path, port: int) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for name in ("FDA_DATABASE_URL", "FDA_BROKER_URL", "FDA_STORAGE_URL"):
+        env.pop(name, None)  # the embedded defaults
+    log = open(workdir / "up.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--port", str(port)], cwd=workdir, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = (workdir / "up.log").read_text()
+        keys = [line.split()[-1] for line in text.splitlines() if line.startswith("API key")]
+        if keys:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    return process, keys[0]
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    process.terminate()
+    raise AssertionError(f"fdamerge up did not come up:\n{(workdir / 'up.log').read_text()[-3000:]}")
+
+
+def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    port = free_port()
+    process, key = start_up(tmp_path, port)
+    try:
+        config = tmp_path / "merge.yaml"
+        config.write_text(yaml.safe_dump({
+            "method": "fda", "base_model": str(base), "models": [{"model": str(e)} for e in experts],
+            "parameters": {"anchors": 4, "construction_steps": 5, "adaptation_epochs": 2},
+        }))  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO), "FDA_API_KEY": key}
+        submitted = subprocess.run(
+            [sys.executable, "-m", "cli.main", "submit", str(config), "--wait", "--server", f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr + (tmp_path / "up.log").read_text()[-3000:]
+        job = yaml.safe_load(submitted.stdout)
+        assert job["status"] == "succeeded" and job["attempt"] == 1
+        load_with_transformers("llama", Path(job["result"]["output"]))
+        assert Path(job["result"]["output"]).is_relative_to(tmp_path / "var" / "storage")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv, build three tiny Llama checkpoints under var/demo, and merge them with TIES.
-# (The service, `fdamerge up`, arrives with issue #4; this is the local CLI end to end.)
+# The CLI end to end without the service (the service: scripts/up.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -15,6 +15,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fda_core.errors import CheckpointError
+from service.checkpoint_cache import make_room, object_lock, use
 from service.s3 import split_s3_uri
 
 CHUNK_BYTES = 8 << 20
@@ -24,8 +25,9 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", 
 class S3Source:
     """A model folder (a key prefix) or one object in an S3 bucket."""
 
-    def __init__(self, uri: str, client, cache_dir: Path) -> None:
+    def __init__(self, uri: str, client, cache_dir: Path, cache_max_bytes: int | None = None) -> None:
         self.uri = uri
+        self.cache_root, self.cache_max_bytes = cache_dir, cache_max_bytes
         self.client = client
         self.bucket, key = split_s3_uri(uri)
         self.single_file = key.endswith(SINGLE_FILE_SUFFIXES)
@@ -84,7 +86,11 @@ class S3Source:
         self._check_listed(name)
         path = self.cache_dir / "objects" / (self.prefix + name)
         if self._cached_record(path, name) is None:
-            self._download(name, path)
+            with object_lock(path):
+                if self._cached_record(path, name) is None:  # another worker may have fetched it meanwhile
+                    make_room(self.cache_root, self._objects[name]["size"], self.cache_max_bytes)
+                    self._download(name, path)
+        use(path, self._record_path(name))
         return path
 
     def sha256(self, name: str, stop: object = None) -> str:

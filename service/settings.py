@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS); None for AWS")
     s3_region: str | None = Field(None, description="Region for the S3 client; None takes AWS_DEFAULT_REGION")
     cache_dir: Path = Field(Path("~/.cache/fda-merge").expanduser(), description="Downloaded checkpoints")
+    cache_max_bytes: int | None = Field(
+        None, gt=0, description="Disk budget of the checkpoint cache (LRU); None: no limit"
+    )
     lease_seconds: float = Field(
         120.0, gt=0, description="A claimed job is another worker's after this without a heartbeat"
     )

@@ -1,0 +1,64 @@
+"""The worker's download cache on disk: one lock per object, and a byte budget kept by LRU eviction.
+
+Objects live under `<cache>/s3/<bucket>/objects/…` with a record (ETag, size, sha256) under
+`records/`; a record's mtime is the object's last use. Before a download, the least recently
+used objects are evicted until the new one fits the budget (FDA_CACHE_MAX_BYTES).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def object_lock(path: Path) -> Iterator[None]:
+    """Exclusive per-object lock across worker processes on one host (the second waits, then finds it cached)."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_pinned: set[Path] = set()  # objects this process has handed to a merge: never evicted under it
+
+
+def use(obj: Path, record: Path) -> None:
+    """Mark an object as used now, and pinned for the rest of this process (a worker runs one job)."""
+    record.touch(exist_ok=True)
+    _pinned.add(obj.resolve())
+
+
+def make_room(cache_root: Path, needed: int, budget: int | None) -> list[Path]:
+    """Evict least-recently-used cached objects until `needed` more bytes fit in `budget`; returns evicted."""
+    if budget is None:
+        return []
+    entries = sorted(_entries(cache_root), key=lambda entry: entry[0])  # oldest use first
+    used = sum(size for _, size, _, _ in entries)
+    evicted = []
+    for _, size, obj, record in entries:
+        if used + needed <= budget:
+            break
+        if obj.resolve() in _pinned:
+            continue
+        record.unlink(missing_ok=True)  # the record first: a half-evicted object is never trusted
+        obj.unlink(missing_ok=True)
+        used -= size
+        evicted.append(obj)
+    return evicted
+
+
+def _entries(cache_root: Path) -> Iterator[tuple[float, int, Path, Path]]:
+    """(last use, size, object, record) for every cached object under every bucket."""
+    for records in cache_root.glob("s3/*/records"):
+        objects = records.parent / "objects"
+        for record in records.rglob("*.json"):
+            obj = objects / record.relative_to(records).as_posix().removesuffix(".json")
+            if obj.exists():
+                yield record.stat().st_mtime, obj.stat().st_size, obj, record

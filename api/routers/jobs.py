@@ -16,6 +16,7 @@ from api.schemas import ArtifactPublic, JobEventPublic, MergeJobCreate, MergeJob
 from service.db import session_scope
 from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
 from service.jobs import TERMINAL, get_job, request_cancel, submit_job
+from service.preflight import preflight
 from service.submission import InvalidRequest, job_request
 
 router = APIRouter(prefix="/v1/merge-jobs", tags=["merge jobs"])
@@ -33,7 +34,10 @@ def create_merge_job(
 ) -> MergeJobPublic:
     """Accept a merge job (202). A replayed Idempotency-Key returns the job it created."""
     principal.require("jobs:write")
-    request = job_request(body.merge_config(), principal, body.output, body.metadata)
+    config = body.merge_config()
+    request = job_request(config, principal, body.output, body.metadata)
+    if settings.preflight:
+        preflight(config, settings)
     job, created = submit_job(
         session, tenant_id=principal.tenant_id, request=request, idempotency_key=idempotency_key,
         max_attempts=settings.max_attempts,

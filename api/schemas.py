@@ -89,7 +89,11 @@ class ArtifactPublic(BaseModel):
     uri: str
     size: int
     sha256: str
+    download: str  # GET it with the same key: S3 answers with a presigned redirect, local storage streams
 
     @classmethod
-    def of(cls, artifact: Artifact) -> ArtifactPublic:
-        return cls(kind=artifact.kind, path=artifact.path, uri=artifact.uri, size=artifact.size, sha256=artifact.sha256)
+    def of(cls, artifact: Artifact, download: str) -> ArtifactPublic:
+        return cls(
+            kind=artifact.kind, path=artifact.path, uri=artifact.uri, size=artifact.size, sha256=artifact.sha256,
+            download=download,
+        )  # fmt: skip

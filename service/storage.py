@@ -128,3 +128,12 @@ class S3Storage:
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=seconds
         )
+
+
+def presigned_get(uri: str, s3_endpoint_url: str | None, s3_region: str | None, seconds: int = 3600) -> str:
+    """A time-limited GET URL for an s3:// artifact."""
+    from service.s3 import make_s3_client, split_s3_uri
+
+    bucket, key = split_s3_uri(uri)
+    client = make_s3_client(s3_endpoint_url, s3_region)
+    return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)

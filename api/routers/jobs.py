@@ -6,17 +6,20 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from api.deps import DispatcherDep, PrincipalDep, SessionDep, SettingsDep
 from api.schemas import ArtifactPublic, JobEventPublic, MergeJobCreate, MergeJobPublic, Page
 from service.db import session_scope
+from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
 from service.jobs import TERMINAL, get_job, request_cancel, submit_job
 from service.preflight import preflight
+from service.storage import presigned_get
 from service.submission import InvalidRequest, job_request
 
 router = APIRouter(prefix="/v1/merge-jobs", tags=["merge jobs"])
@@ -127,7 +130,23 @@ async def _event_stream(database_url: str, job_id: str, after: int | None, poll:
 def merge_job_artifacts(job_id: str, principal: PrincipalDep, session: SessionDep) -> Page[ArtifactPublic]:
     principal.require("jobs:read")
     get_job(session, principal.tenant_id, job_id)
-    return Page(data=[ArtifactPublic.of(a) for a in artifacts_of(session, job_id)], has_more=False, next_cursor=None)
+    artifacts = [
+        ArtifactPublic.of(a, f"/v1/merge-jobs/{job_id}/artifacts/{a.path}") for a in artifacts_of(session, job_id)
+    ]
+    return Page(data=artifacts, has_more=False, next_cursor=None)
+
+
+@router.get("/{job_id}/artifacts/{path:path}", response_class=Response, responses={307: {}, 200: {}})
+def download_artifact(job_id: str, path: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep):
+    """The artifact's bytes: a redirect to a presigned URL on S3, streamed from local storage."""
+    principal.require("jobs:read")
+    get_job(session, principal.tenant_id, job_id)
+    found = next((a for a in artifacts_of(session, job_id) if a.path == path), None)
+    if found is None:
+        raise NotFound(f"job {job_id} has no artifact {path!r}")
+    if found.uri.startswith("s3://"):
+        return RedirectResponse(presigned_get(found.uri, settings.s3_endpoint_url, settings.s3_region), 307)
+    return FileResponse(found.uri, filename=Path(found.path).name, media_type="application/octet-stream")
 
 
 @router.get("/{job_id}/metrics")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -61,6 +62,11 @@ def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: 
         assert job["status"] == "succeeded" and job["attempt"] == 1
         load_with_transformers("llama", Path(job["result"]["output"]))
         assert Path(job["result"]["output"]).is_relative_to(tmp_path / "var" / "storage")
+        auth = {"Authorization": f"Bearer {key}"}
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/merge-jobs/{job['id']}/artifacts", headers=auth).json()
+        weights = next(a for a in listed["data"] if a["path"] == "model.safetensors")
+        content = httpx.get(f"http://127.0.0.1:{port}{weights['download']}", headers=auth).content
+        assert hashlib.sha256(content).hexdigest() == weights["sha256"] and len(content) == weights["size"]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -143,6 +145,13 @@ def test_an_fda_job_posted_over_http_runs_on_a_celery_worker_and_its_s3_output_l
         k.split("jobs/", 1)[1] for k in objects_under(stack, job_id)
     ]
     assert len(stack.get(f"{job_id}/metrics")["metrics"]["fda"]["layers"]) == 3
+    weights = next(a for a in artifacts if a["path"] == "model.safetensors")
+    redirect = stack.client.get(
+        weights["download"], headers={"Authorization": f"Bearer {stack.key}"}, follow_redirects=False
+    )
+    assert redirect.status_code == 307
+    content = httpx.get(redirect.headers["location"]).content  # a presigned URL: no key needed
+    assert hashlib.sha256(content).hexdigest() == weights["sha256"] and len(content) == weights["size"]
     phases = {e["data"].get("phase") for e in stack.get(f"{job_id}/events?limit=100")["data"]}
     assert {"validate", "construct", "adapt"} <= phases
 
@@ -154,6 +163,8 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_exactly_once(s
     stack.wait_for(job_id, lambda j: j["stage"] == "construct")
     os.killpg(first.pid, signal.SIGKILL)  # the whole worker: parent and the child running the job
     first.wait()
+    stack.client = TestClient(create_app(stack.settings, CeleryDispatcher(stack.settings.broker_url)))  # API restart
+    assert stack.get(job_id)["status"] == "running"  # nothing lost: the state lives in PostgreSQL
     stack.start_worker()
     time.sleep(LEASE + 0.5)
     assert reap_and_requeue(stack.settings, CeleryDispatcher(stack.settings.broker_url)) == [job_id]

@@ -31,7 +31,7 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]  # closed before the response streams
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
+
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -26,13 +28,10 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise HTTPException(413, f"request body over {self.max_bytes} bytes")  # FastAPI re-raises these
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, send)
+        await self.app(scope, limited, send)
 
     async def _refuse(self, scope, send) -> None:
         body = json.dumps(
@@ -43,7 +42,3 @@ class BodySizeLimit:
         headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

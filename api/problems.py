@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,6 +15,7 @@ from service.auth import Forbidden, Unauthorized
 from service.errors import Conflict, IdempotencyMismatch, LeaseLost, NotFound, ServiceError
 from service.submission import InvalidRequest
 
+log = logging.getLogger(__name__)
 STATUS: dict[type[Exception], int] = {
     InvalidRequest: 422,
     IdempotencyMismatch: 422,
@@ -65,6 +67,12 @@ def install(app: FastAPI) -> None:
             422, detail, request, "invalid_request", param=errors[0]["param"] if errors else None, errors=errors
         )
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return problem(500, "internal error; it has been logged", request, "internal_error")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), request, f"http_{exc.status_code}")
+        code = "body_too_large" if exc.status_code == 413 else f"http_{exc.status_code}"
+        return problem(exc.status_code, str(exc.detail), request, code)

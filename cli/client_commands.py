@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) ->
     try:
         response = httpx.request(method, args.server.rstrip("/") + path, headers=headers, timeout=30, **kwargs)
     except httpx.HTTPError as exc:
-        raise ClientError(f"cannot reach {args.server}: {exc}") from None
+        raise Unreachable(f"cannot reach {args.server}: {exc}") from None
     if response.status_code >= 400:
         try:
             problem = response.json()
@@ -67,6 +68,21 @@ def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) ->
         except ValueError:
             raise ClientError(f"{response.status_code}: {response.text[:500]}") from None
     return response.json()
+
+
+class Unreachable(ClientError):
+    pass
+
+
+def _retrying(call, attempts: int = 5, pause: float = 2.0):
+    """Connection failures are retried (the server restarting); answers, even errors, are not."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Unreachable:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause)
 
 
 def _print(document: Any) -> None:
@@ -112,15 +128,16 @@ def run_submit(args: argparse.Namespace) -> int:
         body = request_body(args)
     except Exception as exc:  # fda_core's ConfigError, a bad KEY=VALUE
         raise ClientError(str(exc)) from None
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
-    job = _request(args, "POST", "/v1/merge-jobs", json=body, headers=headers)
+    headers = {"Idempotency-Key": args.idempotency_key or uuid.uuid4().hex}  # a retried submit never duplicates
+    job = _retrying(lambda: _request(args, "POST", "/v1/merge-jobs", json=body, headers=headers))
     if not args.wait:
         _print(job)
         return 0
     print(f"{job['id']}: {job['status']}", file=sys.stderr)
+    path = f"/v1/merge-jobs/{job['id']}"
     while job["status"] not in TERMINAL:
         time.sleep(1.0)
-        job = _request(args, "GET", f"/v1/merge-jobs/{job['id']}")
+        job = _retrying(lambda: _request(args, "GET", path))
         print(f"{job['id']}: {job['status']} {job['stage'] or ''} {job['progress']:.0%}", file=sys.stderr)
     _print(job)
     return 0 if job["status"] == "succeeded" else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from service.auth import SCOPES
 
@@ -19,20 +20,23 @@ def add_parser(commands) -> None:
     create.set_defaults(run=run_create)
 
 
-def allowed_prefix(given: str) -> str:
-    return given.rstrip("/") if "://" in given else f"s3://{given.strip('/')}"
-
-
 def run_create(args: argparse.Namespace) -> int:
     from service.auth import create_api_key, ensure_tenant
     from service.db import session_scope
+    from service.errors import ServiceError
     from service.migrate import upgrade
     from service.settings import get_settings
+    from service.submission import allowlist_entry
 
     url = get_settings().database_url
+    try:
+        allowed = [allowlist_entry(b) for b in args.allow_bucket]
+    except ServiceError as exc:
+        print(f"fdamerge: {exc}", file=sys.stderr)
+        return 2
     upgrade(url)
     with session_scope(url) as session:
-        tenant = ensure_tenant(session, args.tenant, [allowed_prefix(b) for b in args.allow_bucket])
+        tenant = ensure_tenant(session, args.tenant, allowed)
         key = create_api_key(session, tenant, args.scope)
         print(
             f"tenant {tenant.name} ({tenant.id}); inputs allowed from: {', '.join(tenant.allowed_prefixes) or 'none'}"

@@ -7,6 +7,7 @@ succeeded with its artifacts. Any failure or cancel deletes what was uploaded.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import threading
@@ -28,7 +29,16 @@ from fda_core.merge.progress import MergeProgress
 from fda_core.merge.run import MergeOptions, MergeResult, run_merge
 from service.db import session_scope
 from service.errors import LeaseLost
-from service.jobs import cancelled_by_worker, claim_job, fail_job, finish_job, heartbeat, record_progress
+from service.jobs import (
+    attempt_prefix,
+    cancelled_by_worker,
+    claim_job,
+    fail_job,
+    finish_job,
+    heartbeat,
+    output_base,
+    record_progress,
+)
 from service.settings import Settings
 from service.sources import register_s3
 from service.storage import Storage, make_storage, put_tree
@@ -40,6 +50,7 @@ ERROR_CODES: list[tuple[type[Exception], str]] = [
     (ConfigError, "invalid_config"),
     (FdaMergeError, "merge_error"),
 ]
+log = logging.getLogger(__name__)
 KINDS = {"anchors": "anchors", "README.md": "card", "merge_provenance.json": "provenance"}
 
 
@@ -48,12 +59,17 @@ def worker_name() -> str:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease every lease/4 seconds; notices cancel requests and a lost lease."""
+    """Renews the lease every lease/4 seconds; notices cancel requests and a lost lease.
+
+    The lease counts as lost when another worker owns the job, or when no renewal has succeeded
+    for a whole lease (a database outage): by then the reaper may have handed the job on.
+    """
 
     def __init__(self, settings: Settings, job_id: str, worker_id: str) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{job_id}")
         self.settings, self.job_id, self.worker_id = settings, job_id, worker_id
         self.cancel, self.lost, self.stopped = threading.Event(), threading.Event(), threading.Event()
+        self.renewed = time.monotonic()
 
     def run(self) -> None:
         while not self.stopped.wait(self.settings.lease_seconds / 4):
@@ -62,10 +78,16 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         try:
             with session_scope(self.settings.database_url) as session:
-                if heartbeat(session, self.job_id, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds):
+                lease = self.settings.lease_seconds
+                if heartbeat(session, self.job_id, worker_id=self.worker_id, lease_seconds=lease):
                     self.cancel.set()
+            self.renewed = time.monotonic()
         except LeaseLost:
             self.lost.set()
+        except Exception:
+            log.exception("heartbeat of job %s failed", self.job_id)
+            if time.monotonic() - self.renewed > self.settings.lease_seconds:
+                self.lost.set()
 
 
 class ProgressReporter:
@@ -102,7 +124,7 @@ def execute_job(job_id: str, settings: Settings, worker_id: str | None = None) -
         job = claim_job(session, job_id, worker_id=worker_id, lease_seconds=settings.lease_seconds)
         if job is None:
             return "not_claimed"  # running elsewhere, finished, or cancelled: a duplicate delivery
-        config, prefix, attempt = job.config, job.output_prefix or job.id, job.attempt
+        config, base, attempt = job.config, output_base(job), job.attempt
     register_s3(settings)
     storage = make_storage(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
     scratch = Path(settings.cache_dir) / "jobs" / f"{job_id}-{attempt}"
@@ -110,54 +132,75 @@ def execute_job(job_id: str, settings: Settings, worker_id: str | None = None) -
     beat.beat()  # a cancel requested before this worker started is seen before any work
     beat.start()
     try:
-        storage.delete_prefix(prefix)  # leftovers of an attempt whose worker died mid-upload
-        return _run(settings, job_id, worker_id, config, prefix, scratch, storage, beat)
+        for earlier in range(1, attempt):  # leftovers of attempts whose workers died: they can never publish
+            storage.delete_prefix(attempt_prefix(base, earlier))
+        attempt_run = _Attempt(settings, job_id, worker_id, storage, attempt_prefix(base, attempt), beat)
+        return attempt_run.run(config, scratch)
     finally:
         beat.stopped.set()
         beat.join()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(settings, job_id, worker_id, config, prefix, scratch, storage: Storage, beat: Heartbeat) -> str:
-    def should_cancel() -> bool:
-        return beat.cancel.is_set() or beat.lost.is_set()
+class _Attempt:
+    """One attempt writes only under its own prefix, so deleting that prefix is always safe; the
+    attempt that wins finish_job (the lease owner) is the one the job points at."""
 
-    try:
+    def __init__(self, settings: Settings, job_id: str, worker_id: str, storage: Storage, prefix: str, beat) -> None:
+        self.settings, self.job_id, self.worker_id = settings, job_id, worker_id
+        self.storage, self.prefix, self.beat = storage, prefix, beat
+
+    def should_stop(self) -> bool:
+        return self.beat.cancel.is_set() or self.beat.lost.is_set()
+
+    def run(self, config: dict[str, Any], scratch: Path) -> str:
+        try:
+            result, stored = self._merge_and_upload(config, scratch)
+            with session_scope(self.settings.database_url) as session:
+                finish_job(
+                    session, self.job_id, worker_id=self.worker_id,
+                    result=_result(result, self.storage.uri(self.prefix)),
+                    artifacts=[_artifact(obj) for obj in stored],
+                    metrics={**result.metrics, "seconds": result.seconds},
+                )  # fmt: skip
+            return "succeeded"
+        except BaseException as exc:
+            self.storage.delete_prefix(self.prefix)
+            return self._record_failure(exc)
+
+    def _merge_and_upload(self, config: dict[str, Any], scratch: Path) -> tuple[MergeResult, list]:
         options = MergeOptions(
-            device=settings.device, overwrite=True, anchor_cache=Path(settings.cache_dir) / "anchors"
+            device=self.settings.device, overwrite=True, anchor_cache=Path(self.settings.cache_dir) / "anchors"
         )
-        reporter = ProgressReporter(settings, job_id, worker_id)
+        reporter = ProgressReporter(self.settings, self.job_id, self.worker_id)
         scratch.mkdir(parents=True, exist_ok=True)
-        result = run_merge(parse_config(config, "config"), scratch / "out", options, reporter, should_cancel)
-        if should_cancel():
+        result = run_merge(parse_config(config, "config"), scratch / "out", options, reporter, self.should_stop)
+        if self.should_stop():
             raise MergeCancelled("cancelled after the merge, before upload")
-        stored = put_tree(storage, scratch / "out", prefix)
-    except MergeCancelled:
-        if beat.lost.is_set():
-            return "lease_lost"  # the prefix may already be another worker's: leave it alone
-        storage.delete_prefix(prefix)
-        return _ended_by_cancel(settings, job_id, worker_id)
-    except FdaMergeError as exc:
-        storage.delete_prefix(prefix)
-        code = next(code for kind, code in ERROR_CODES if isinstance(exc, kind))
-        with session_scope(settings.database_url) as session:
-            fail_job(session, job_id, worker_id=worker_id, code=code, message=str(exc))
-        return "failed"
-    except BaseException:
-        storage.delete_prefix(prefix)
-        raise
-    with session_scope(settings.database_url) as session:
-        finish_job(
-            session, job_id, worker_id=worker_id, result=_result(result, storage.uri(prefix)),
-            artifacts=[_artifact(obj) for obj in stored], metrics={**result.metrics, "seconds": result.seconds},
-        )  # fmt: skip
-    return "succeeded"
+        return result, put_tree(self.storage, scratch / "out", self.prefix)
 
+    def _record_failure(self, exc: BaseException) -> str:
+        if isinstance(exc, LeaseLost) or self.beat.lost.is_set():
+            return "lease_lost"  # another worker owns the job now; this attempt's files are gone
+        if isinstance(exc, MergeCancelled):
+            return self._end("cancelled")
+        if not isinstance(exc, Exception):
+            raise exc  # KeyboardInterrupt / SystemExit: the worker is going away; the reaper hands the job on
+        if isinstance(exc, FdaMergeError):
+            return self._end("failed", next(code for kind, code in ERROR_CODES if isinstance(exc, kind)), str(exc))
+        log.exception("job %s failed unexpectedly", self.job_id)
+        return self._end("failed", "internal_error", f"{type(exc).__name__}: {exc}")
 
-def _ended_by_cancel(settings: Settings, job_id: str, worker_id: str) -> str:
-    with session_scope(settings.database_url) as session:
-        cancelled_by_worker(session, job_id, worker_id=worker_id)
-    return "cancelled"
+    def _end(self, status: str, code: str = "", message: str = "") -> str:
+        try:
+            with session_scope(self.settings.database_url) as session:
+                if status == "cancelled":
+                    cancelled_by_worker(session, self.job_id, worker_id=self.worker_id)
+                else:
+                    fail_job(session, self.job_id, worker_id=self.worker_id, code=code, message=message)
+        except LeaseLost:
+            return "lease_lost"
+        return status
 
 
 def _result(result: MergeResult, output_uri: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
@@ -47,13 +47,20 @@ def list_jobs(
     return rows, _encode(rows[-1]) if more else None
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Query times without a zone are UTC (the API's times are all UTC)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 def _filtered(query: Select, filters: JobFilter) -> Select:
     if filters.statuses:
         query = query.where(MergeJob.status.in_(filters.statuses))
     if filters.created_after:
-        query = query.where(MergeJob.created_at >= filters.created_after)
+        query = query.where(MergeJob.created_at >= as_utc(filters.created_after))
     if filters.created_before:
-        query = query.where(MergeJob.created_at < filters.created_before)
+        query = query.where(MergeJob.created_at < as_utc(filters.created_before))
     for key, value in filters.metadata.items():
         query = query.where(MergeJob.metadata_[key].as_string() == value)
     return query
@@ -67,8 +74,10 @@ def _encode(job: MergeJob) -> str:
 def _decode(cursor: str) -> tuple[datetime, str]:
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError) as exc:
+        moment = as_utc(datetime.fromisoformat(created))
+        assert moment is not None
+        return moment, str(job_id)
+    except (ValueError, TypeError, AssertionError) as exc:
         raise InvalidRequest("after: not a cursor this service issued", "after") from exc
 
 

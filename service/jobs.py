@@ -44,9 +44,9 @@ def submit_job(
     Returns (job, created). The same key with a different request raises IdempotencyMismatch.
     """
     if idempotency_key is not None:
-        earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+        earlier = find_replay(session, tenant_id, idempotency_key, request)
         if earlier is not None:
-            return _replayed(earlier, request), False
+            return earlier, False
     job = MergeJob(
         id=new_id("mj"), tenant_id=tenant_id, status="queued", stage="queued", config=request.config,
         output_prefix=request.output_prefix, metadata_=request.metadata or {}, idempotency_key=idempotency_key,
@@ -66,6 +66,12 @@ def submit_job(
     return job, True
 
 
+def find_replay(session: Session, tenant_id: str, key: str, request: JobRequest) -> MergeJob | None:
+    """The job an earlier request with this Idempotency-Key created; IdempotencyMismatch if the body differs."""
+    earlier = _by_idempotency_key(session, tenant_id, key)
+    return _replayed(earlier, request) if earlier is not None else None
+
+
 def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> MergeJob | None:
     query = select(MergeJob).where(MergeJob.tenant_id == tenant_id, MergeJob.idempotency_key == key)
     return session.scalars(query).first()
@@ -75,6 +81,29 @@ def _replayed(job: MergeJob, request: JobRequest) -> MergeJob:
     if job.request_sha256 != request.digest():
         raise IdempotencyMismatch(f"Idempotency-Key was used for a different request (job {job.id})")
     return job
+
+
+def output_base(job: MergeJob) -> str:
+    """Where a job's output lives in storage: under its tenant and its own id, never shared."""
+    return "/".join(part.strip("/") for part in (job.tenant_id, job.output_prefix, job.id) if part)
+
+
+def attempt_prefix(base: str, attempt: int) -> str:
+    return f"{base}/attempt-{attempt}"
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(update(MergeJob).where(MergeJob.id == job_id).values(enqueued_at=utcnow()))
+    session.commit()
+
+
+def unsent_jobs(session: Session, older_than: float = 30.0) -> list[str]:
+    """Queued jobs whose message never reached the queue (broker down at submit or at requeue)."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    query = select(MergeJob.id).where(
+        MergeJob.status == "queued", MergeJob.enqueued_at.is_(None), MergeJob.created_at < cutoff
+    )
+    return list(session.scalars(query))
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> MergeJob:
@@ -203,33 +232,48 @@ def request_cancel(session: Session, tenant_id: str, job_id: str) -> MergeJob:
         running = update(MergeJob).where(MergeJob.id == job_id, MergeJob.status.in_(ACTIVE))
         if _changed(session, running.values(status="cancelling", cancel_requested=True)) == 1:
             session.add(JobEvent(job_id=job_id, kind="status", message="cancelling"))
-        elif job.status in TERMINAL:
+        else:
             session.rollback()
-            raise Conflict(f"job {job_id} already {job.status}")
+            ended = session.scalar(select(MergeJob.status).where(MergeJob.id == job_id))  # fresh, not the loaded row
+            raise Conflict(f"job {job_id} already {ended}")
     session.commit()
     session.refresh(job)
     return job
 
 
-def reap_expired(session: Session, now: datetime | None = None) -> list[str]:
-    """Jobs whose worker stopped heartbeating: re-queued while attempts remain (returned, to enqueue
-    after this commit), else failed with worker_lost; an abandoned cancelling job ends cancelled."""
+@dataclass
+class Reaped:
+    requeued: list[str]  # to enqueue after the commit
+    ended: list[str]  # output bases of jobs that ended (worker_lost, cancelled): their leftovers go
+
+
+def reap_expired(session: Session, now: datetime | None = None) -> Reaped:
+    """Jobs whose worker stopped heartbeating: re-queued while attempts remain, else failed with
+    worker_lost; an abandoned cancelling job ends cancelled."""
     now = now or utcnow()
     expired = select(MergeJob).where(MergeJob.status.in_(ACTIVE), MergeJob.lease_expires_at < now)
-    requeued = []
+    reaped = Reaped([], [])
     for job in session.scalars(expired).all():
         outcome = _reap_one(session, job, now)
         if outcome == "queued":
-            requeued.append(job.id)
+            reaped.requeued.append(job.id)
+        elif outcome != "skipped":
+            reaped.ended.append(output_base(job))
     session.commit()
-    return requeued
+    return reaped
 
 
 def _reap_one(session: Session, job: MergeJob, now: datetime) -> str:
     if job.status == "cancelling":
         values: dict[str, Any] = {"status": "cancelled", "stage": "cancelled", "finished_at": now}
     elif job.attempt < job.max_attempts:
-        values = {"status": "queued", "stage": "requeued", "worker_id": None, "lease_expires_at": None}
+        values = {
+            "status": "queued",
+            "stage": "requeued",
+            "worker_id": None,
+            "lease_expires_at": None,
+            "enqueued_at": None,
+        }
     else:
         message = f"the worker was lost on each of {job.attempt} attempts"
         values = {"status": "failed", "error_code": "worker_lost", "error_message": message, "finished_at": now}

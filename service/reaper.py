@@ -1,16 +1,40 @@
-"""The periodic reaper: expired leases back to the queue (after the commit), or failed with worker_lost."""
+"""The periodic reaper: expired leases back to the queue (after the commit) or ended with their
+leftovers deleted, and queued jobs whose message never reached the queue sent again."""
 
 from __future__ import annotations
 
+import logging
+
 from service.db import session_scope
-from service.jobs import reap_expired
+from service.jobs import mark_enqueued, reap_expired, unsent_jobs
 from service.queue import Dispatcher
 from service.settings import Settings
+from service.storage import make_storage
+
+log = logging.getLogger(__name__)
 
 
 def reap_and_requeue(settings: Settings, dispatcher: Dispatcher) -> list[str]:
+    """Returns the jobs sent to the queue again."""
     with session_scope(settings.database_url) as session:
-        requeued = reap_expired(session)
-    for job_id in requeued:
-        dispatcher.enqueue(job_id)
-    return requeued
+        reaped = reap_expired(session)
+        unsent = unsent_jobs(session)
+    if reaped.ended:
+        storage = make_storage(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
+        for base in reaped.ended:
+            storage.delete_prefix(base)
+    sent = []
+    for job_id in [*reaped.requeued, *unsent]:
+        try:
+            send(settings, dispatcher, job_id)
+            sent.append(job_id)
+        except Exception:  # the broker is down: the job stays unsent and the next tick tries again
+            log.exception("could not enqueue job %s", job_id)
+    return sent
+
+
+def send(settings: Settings, dispatcher: Dispatcher, job_id: str) -> None:
+    """Enqueue, then record that the queue has it (a crash in between only causes a harmless resend)."""
+    dispatcher.enqueue(job_id)
+    with session_scope(settings.database_url) as session:
+        mark_enqueued(session, job_id)

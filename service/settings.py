@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     broker_url: str = Field("filesystem://", description="Celery broker; filesystem:// is the embedded one")
     storage_url: str = Field(str(VAR / "storage"), description="Where outputs go: a directory or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS); None for AWS")
+    s3_public_endpoint_url: str | None = Field(None, description="Endpoint clients reach for presigned downloads")
     s3_region: str | None = Field(None, description="Region for the S3 client; None takes AWS_DEFAULT_REGION")
     cache_dir: Path = Field(Path("~/.cache/fda-merge").expanduser(), description="Downloaded checkpoints")
     cache_max_bytes: int | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from fda_core.config import MergeConfig
@@ -10,7 +11,7 @@ from service.auth import Principal
 from service.errors import ServiceError
 from service.jobs import JobRequest
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 class InvalidRequest(ServiceError):
@@ -54,9 +55,24 @@ def check_relative_prefix(prefix: str, param: str) -> None:
 
 
 def _check_segments(value: str, param: str) -> None:
-    if _CONTROL.search(value):
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
         raise InvalidRequest(f"{param}: control characters are not allowed", param)
     path = value.split("://", 1)[1] if "://" in value else value
     segments = path.strip("/").split("/")
     if any(s in ("", ".", "..") for s in segments):
         raise InvalidRequest(f"{param}: {value!r} has an empty, '.' or '..' path segment", param)
+
+
+def allowlist_entry(given: str) -> str:
+    """An allowlist entry: `s3://bucket[/prefix]` (a bare bucket name is accepted) or an absolute local folder."""
+    if given == "/":
+        return given
+    if given.startswith("/"):
+        _check_segments(given, "allow")
+        return given.rstrip("/")
+    uri = given if given.startswith("s3://") else f"s3://{given.strip('/')}"
+    bucket = uri.removeprefix("s3://").split("/", 1)[0]
+    if not BUCKET.match(bucket):
+        raise InvalidRequest(f"allow: {given!r} does not name a valid S3 bucket", "allow")
+    _check_segments(uri, "allow")
+    return uri.rstrip("/")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -17,12 +18,14 @@ from api.schemas import ArtifactPublic, JobEventPublic, MergeJobCreate, MergeJob
 from service.db import session_scope
 from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
-from service.jobs import TERMINAL, get_job, request_cancel, submit_job
+from service.jobs import TERMINAL, find_replay, get_job, request_cancel, submit_job
 from service.preflight import preflight
+from service.reaper import send
 from service.storage import presigned_get
 from service.submission import InvalidRequest, job_request
 
 router = APIRouter(prefix="/v1/merge-jobs", tags=["merge jobs"])
+log = logging.getLogger(__name__)
 
 
 @router.post("", status_code=202, response_model=MergeJobPublic)
@@ -39,18 +42,29 @@ def create_merge_job(
     principal.require("jobs:write")
     config = body.merge_config()
     request = job_request(config, principal, body.output, body.metadata)
-    if settings.preflight:
-        preflight(config, settings)
-    job, created = submit_job(
+    earlier = find_replay(session, principal.tenant_id, idempotency_key, request) if idempotency_key else None
+    if earlier is None:
+        session.rollback()  # no transaction stays open during the slow part
+        if settings.preflight:
+            preflight(config, settings)
+    job, created = (earlier, False) if earlier else submit_job(
         session, tenant_id=principal.tenant_id, request=request, idempotency_key=idempotency_key,
         max_attempts=settings.max_attempts,
     )  # fmt: skip
-    if created:
-        dispatcher.enqueue(job.id)  # after the commit: a worker never sees a job the database lacks
-    else:
+    if job.enqueued_at is None:
+        _send(settings, dispatcher, job.id)
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/merge-jobs/{job.id}"
     return MergeJobPublic.of(job)
+
+
+def _send(settings, dispatcher, job_id: str) -> None:
+    """After the commit. If the broker is down the job stays accepted and the reaper sends it later."""
+    try:
+        send(settings, dispatcher, job_id)
+    except Exception:
+        log.exception("job %s accepted but not yet enqueued; the reaper will retry", job_id)
 
 
 @router.get("", response_model=Page[MergeJobPublic])
@@ -111,11 +125,13 @@ def merge_job_events(
     )
 
 
-async def _event_stream(database_url: str, job_id: str, after: int | None, poll: float = 0.5) -> AsyncIterator[str]:
+def _event_stream(database_url: str, job_id: str, after: int | None, poll: float = 0.5) -> Iterator[str]:
+    """Sync on purpose (Starlette runs it in a thread); a short session per poll, none held between.
+    The status is read before the events, so the events that led to a terminal status are sent first."""
     while True:
         with session_scope(database_url) as session:
-            events, _ = list_events(session, job_id, after, limit=100)
             status = job_status(session, job_id)
+            events, _ = list_events(session, job_id, after, limit=100)
         for event in events:
             after = event.id
             yield f"id: {event.id}\nevent: {event.kind}\ndata: {JobEventPublic.of(event).model_dump_json()}\n\n"
@@ -123,7 +139,7 @@ async def _event_stream(database_url: str, job_id: str, after: int | None, poll:
             yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
         if not events:
-            await asyncio.sleep(poll)
+            time.sleep(poll)
 
 
 @router.get("/{job_id}/artifacts", response_model=Page[ArtifactPublic])
@@ -145,7 +161,8 @@ def download_artifact(job_id: str, path: str, principal: PrincipalDep, session: 
     if found is None:
         raise NotFound(f"job {job_id} has no artifact {path!r}")
     if found.uri.startswith("s3://"):
-        return RedirectResponse(presigned_get(found.uri, settings.s3_endpoint_url, settings.s3_region), 307)
+        endpoint = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+        return RedirectResponse(presigned_get(found.uri, endpoint, settings.s3_region), 307)
     return FileResponse(found.uri, filename=Path(found.path).name, media_type="application/octet-stream")
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 05:03:19.926271
+Create Date: 2026-11-23 05:20:31.726461
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.Column("worker_id", sa.String(length=200), nullable=True),
         sa.Column("lease_expires_at", service.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("enqueued_at", service.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("error_code", sa.String(length=64), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("error_param", sa.String(length=255), nullable=True),

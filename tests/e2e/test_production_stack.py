@@ -116,18 +116,19 @@ def stack(postgres_server, redis_server, s3_server, llama, tmp_path: Path) -> It
         running.stop()
 
 
-def objects_under(stack: Stack, prefix: str) -> list[str]:
+def objects_under(stack: Stack, job_id: str) -> list[str]:
+    """Every object the job left in storage (all attempts)."""
     bucket, _, root = stack.settings.storage_url.removeprefix("s3://").partition("/")
     client = make_s3_client(stack.settings.s3_endpoint_url)
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{root}/{prefix}/")
-    return sorted(item["Key"] for item in listed.get("Contents", []))
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{root}/")
+    return sorted(item["Key"] for item in listed.get("Contents", []) if f"/{job_id}/" in item["Key"])
 
 
 def download(stack: Stack, job_id: str, target: Path) -> Path:
-    bucket, _, root = stack.settings.storage_url.removeprefix("s3://").partition("/")
+    bucket, _, output = stack.get(job_id)["result"]["output"].removeprefix("s3://").partition("/")
     client = make_s3_client(stack.settings.s3_endpoint_url)
     for key in objects_under(stack, job_id):
-        path = target / key.removeprefix(f"{root}/{job_id}/")
+        path = target / key.removeprefix(f"{output}/")
         path.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(path))
     return target
@@ -138,12 +139,12 @@ def test_an_fda_job_posted_over_http_runs_on_a_celery_worker_and_its_s3_output_l
     job_id = stack.submit({"anchors": 4, "construction_steps": 5, "adaptation_epochs": 2})
     job = stack.wait_for(job_id, lambda j: j["status"] in ("succeeded", "failed"))
     assert (job["status"], job["attempt"]) == ("succeeded", 1), job
-    assert job["result"]["output"] == f"{stack.settings.storage_url}/{job_id}"
+    output = job["result"]["output"]
+    assert output.startswith(f"{stack.settings.storage_url}/") and output.endswith(f"/{job_id}/attempt-1")
     load_with_transformers("llama", download(stack, job_id, stack.tmp / "out"))
     artifacts = stack.get(f"{job_id}/artifacts")["data"]
-    assert sorted(a["uri"].split("/jobs/", 1)[1] for a in artifacts) == [
-        k.split("jobs/", 1)[1] for k in objects_under(stack, job_id)
-    ]
+    bucket = stack.settings.storage_url.removeprefix("s3://").split("/")[0]
+    assert sorted(a["uri"] for a in artifacts) == [f"s3://{bucket}/{k}" for k in objects_under(stack, job_id)]
     assert len(stack.get(f"{job_id}/metrics")["metrics"]["fda"]["layers"]) == 3
     weights = next(a for a in artifacts if a["path"] == "model.safetensors")
     redirect = stack.client.get(
@@ -173,5 +174,6 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_exactly_once(s
     events = stack.get(f"{job_id}/events?limit=100")["data"]
     assert sum(e["message"].startswith("running on") for e in events) == 2
     assert [e["message"] for e in events if e["kind"] == "status"][-1] == "succeeded"
-    stored = objects_under(stack, job_id)
-    assert len(stored) == len(stack.get(f"{job_id}/artifacts")["data"]) and len(stored) == len(set(stored))
+    stored = objects_under(stack, job_id)  # attempt 1's partial files are gone; only attempt 2's remain
+    assert all("/attempt-2/" in key for key in stored)
+    assert len(stored) == len(stack.get(f"{job_id}/artifacts")["data"])

@@ -173,3 +173,57 @@ def test_health_readiness_and_openapi(stack: Stack) -> None:
     assert stack.client.get("/readyz").json() == {"status": "ready"}
     paths = stack.client.get("/openapi.json").json()["paths"]
     assert {"/v1/merge-jobs", "/v1/merge-jobs/{job_id}/cancel", "/v1/merge-jobs/{job_id}/events"} <= set(paths)
+
+
+class BrokerDown:
+    def enqueue(self, job_id: str) -> None:
+        raise ConnectionError("broker unreachable")
+
+
+def test_a_job_accepted_while_the_broker_is_down_is_sent_later_by_the_reaper(stack: Stack) -> None:
+    from service.reaper import reap_and_requeue
+
+    stack.client.app.state.dispatcher = BrokerDown()
+    job_id = stack.submit().json()["id"]
+    assert stack.client.get(f"/v1/merge-jobs/{job_id}", headers=stack.headers()).json()["status"] == "queued"
+    settings = Settings(database_url=stack.url, storage_url=str(Path(stack.url.split("///")[1]).parent / "s"))
+    with session_scope(stack.url) as session:  # age the job past the reaper's grace period
+        from sqlalchemy import update
+
+        from service.models import MergeJob, utcnow
+
+        session.execute(update(MergeJob).values(created_at=utcnow().replace(year=2020)))
+    assert reap_and_requeue(settings, stack.dispatcher) == [job_id]
+    assert stack.dispatcher.enqueued == [job_id]
+    assert reap_and_requeue(settings, stack.dispatcher) == []  # sent once, then recorded as sent
+
+
+def test_a_chunked_oversized_body_is_refused_with_413(stack: Stack) -> None:
+    def chunks():
+        yield b'{"method": "linear", "metadata": {"blob": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    response = stack.client.post(
+        "/v1/merge-jobs", content=chunks(), headers=stack.headers(**{"Content-Type": "application/json"})
+    )
+    assert_problem(response, 413, "body_too_large")
+
+
+def test_list_filters_take_zoneless_times_as_utc(stack: Stack) -> None:
+    job_id = stack.submit().json()["id"]
+    listed = stack.client.get(
+        "/v1/merge-jobs", params={"created_after": "2020-01-01T00:00:00"}, headers=stack.headers()
+    )
+    assert listed.status_code == 200 and [j["id"] for j in listed.json()["data"]] == [job_id]
+    later = stack.client.get("/v1/merge-jobs", params={"created_after": "2999-01-01T00:00:00"}, headers=stack.headers())
+    assert later.json()["data"] == []
+
+
+def test_an_unexpected_error_is_a_problem_document_too(stack: Stack, monkeypatch) -> None:
+    import api.routers.jobs as routes
+
+    monkeypatch.setattr(routes, "get_job", lambda *a: 1 / 0)
+    client = TestClient(stack.client.app, raise_server_exceptions=False)
+    assert_problem(client.get("/v1/merge-jobs/mj_x", headers=stack.headers()), 500, "internal_error")

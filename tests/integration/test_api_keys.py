@@ -63,3 +63,17 @@ def test_keys_create_prints_a_working_key_as_its_last_line(url: str, monkeypatch
     key = capsys.readouterr().out.strip().splitlines()[-1]
     with session_scope(url) as session:
         assert authenticate(session, key).allowed_prefixes == ("s3://models/team",)
+
+
+@pytest.mark.parametrize("bad", ["", "s3://", "s3://UPPER", "s3://b/../x", "a"])
+def test_keys_create_refuses_an_allowlist_entry_that_names_no_bucket(url: str, bad: str, monkeypatch, capsys) -> None:
+    from service.settings import get_settings
+
+    monkeypatch.setenv("FDA_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        assert fdamerge(["keys", "create", "--tenant", "acme", "--allow-bucket", bad]) == 2
+    finally:
+        get_settings.cache_clear()
+    error = capsys.readouterr().err
+    assert "bucket" in error or "segment" in error

@@ -57,7 +57,8 @@ def test_a_job_runs_once_and_its_output_loads_with_transformers(settings: Settin
     assert execute_job(job_id, settings) == "not_claimed"  # a second delivery does nothing
     job = read(settings, job_id)
     assert (job.status, job.attempt, job.progress) == ("succeeded", 1, 1.0)
-    output = Path(settings.storage_url) / job_id
+    output = Path(job.result["output"])
+    assert output == Path(settings.storage_url) / "tn_a" / job_id / "attempt-1"  # tenant, job, attempt: never shared
     load_with_transformers("llama", output)
     with session_scope(settings.database_url) as session:
         from service.job_queries import artifacts_of, list_events, metrics_of
@@ -86,7 +87,7 @@ def test_a_bad_input_fails_the_job_with_a_code_and_leaves_no_output(settings: Se
     job = read(settings, job_id)
     assert job.status == "failed" and job.error_code in ("incompatible_models", "checkpoint_error")
     assert str(other) in (job.error_message or "")
-    assert not (Path(settings.storage_url) / job_id).exists()
+    assert not list(Path(settings.storage_url).rglob("*.*"))
 
 
 def test_a_pickle_checkpoint_fails_with_its_own_code(settings: Settings, llama, tmp_path) -> None:
@@ -110,4 +111,33 @@ def test_a_cancel_requested_while_running_ends_cancelled_with_nothing_uploaded(s
     assert execute_job(job_id, settings) == "cancelled"
     job = read(settings, job_id)
     assert (job.status, job.attempt) == ("cancelled", 2)
-    assert not (Path(settings.storage_url) / job_id).exists()
+    assert not list(Path(settings.storage_url).rglob("*.*"))
+
+
+def test_an_unexpected_error_fails_the_job_as_internal_error_instead_of_retrying(settings, llama, monkeypatch) -> None:
+    import service.execute as execute
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(execute, "run_merge", broken)
+    base, experts = llama
+    job_id = submit(settings, config_for(base, experts))
+    assert execute_job(job_id, settings) == "failed"
+    job = read(settings, job_id)
+    assert (job.status, job.error_code, job.error_message) == ("failed", "internal_error", "RuntimeError: disk on fire")
+
+
+def test_a_worker_whose_heartbeats_fail_for_a_whole_lease_stops(settings, monkeypatch) -> None:
+    import service.execute as execute
+
+    def database_down(*args, **kwargs):
+        raise ConnectionError("database unreachable")
+
+    beat = execute.Heartbeat(settings, "mj_x", "w1")
+    monkeypatch.setattr(execute, "heartbeat", database_down)
+    beat.beat()
+    assert not beat.lost.is_set()  # one failed renewal is not yet a lost lease
+    beat.renewed -= settings.lease_seconds + 1
+    beat.beat()
+    assert beat.lost.is_set()

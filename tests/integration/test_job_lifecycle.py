@@ -142,8 +142,9 @@ def test_the_reaper_requeues_lost_jobs_until_their_attempts_are_used_then_fails_
             assert claimed is not None and claimed.attempt == attempt
         expire_lease(database_url, job_id)
         with session_scope(database_url) as session:
-            requeued = reap_expired(session)
-        assert requeued == ([job_id] if attempt < 3 else [])
+            reaped = reap_expired(session)
+        assert reaped.requeued == ([job_id] if attempt < 3 else [])
+        assert reaped.ended == ([] if attempt < 3 else [f"tn_a/{job_id}"])  # its leftovers are deleted
     lost = job(database_url, job_id)
     assert (lost.status, lost.error_code, lost.attempt) == ("failed", "worker_lost", 3)
     with session_scope(database_url) as session:
@@ -171,7 +172,7 @@ def test_a_cancelling_job_whose_worker_died_ends_cancelled(database_url: str) ->
         request_cancel(session, "tn_a", job_id)
     expire_lease(database_url, job_id)
     with session_scope(database_url) as session:
-        assert reap_expired(session) == []
+        assert reap_expired(session).requeued == []
     assert job(database_url, job_id).status == "cancelled"
 
 

@@ -35,7 +35,7 @@ def add_parsers(commands) -> None:
     listing.add_argument("--limit", type=int, default=20)
     _server_option(listing)
     listing.set_defaults(run=run_list)
-    for name, runner in (("get", run_get), ("cancel", run_cancel), ("events", run_events)):
+    for name, runner in (("get", run_get), ("cancel", run_cancel), ("retry", run_retry), ("events", run_events)):
         command = jobs.add_parser(name)
         command.add_argument("job_id")
         _server_option(command)
@@ -158,6 +158,12 @@ def run_get(args: argparse.Namespace) -> int:
 @_guarded
 def run_cancel(args: argparse.Namespace) -> int:
     _print(_request(args, "POST", f"/v1/merge-jobs/{args.job_id}/cancel"))
+    return 0
+
+
+@_guarded
+def run_retry(args: argparse.Namespace) -> int:
+    _print(_request(args, "POST", f"/v1/merge-jobs/{args.job_id}/retry"))
     return 0
 
 

@@ -247,6 +247,25 @@ class Reaped:
     ended: list[str]  # output bases of jobs that ended (worker_lost, cancelled): their leftovers go
 
 
+def retry_job(session: Session, tenant_id: str, job_id: str, max_attempts: int) -> MergeJob:
+    """A failed or cancelled job back to queued (same id, fresh attempts, error cleared); send it after."""
+    job = get_job(session, tenant_id, job_id)
+    values = {
+        "status": "queued", "stage": "retried", "progress": 0.0, "cancel_requested": False, "error_code": None,
+        "error_message": None, "error_param": None, "finished_at": None, "worker_id": None,
+        "lease_expires_at": None, "enqueued_at": None, "max_attempts": MergeJob.attempt + max_attempts,
+    }  # fmt: skip
+    retryable = (MergeJob.id == job_id, MergeJob.status.in_(("failed", "cancelled")))
+    if _changed(session, update(MergeJob).where(*retryable).values(**values)) != 1:
+        session.rollback()
+        current = session.scalar(select(MergeJob.status).where(MergeJob.id == job_id))
+        raise Conflict(f"job {job_id} is {current}; only failed or cancelled jobs can be retried")
+    session.add(JobEvent(job_id=job_id, kind="status", attempt=job.attempt, message="retried: queued again"))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
 def reap_expired(session: Session, now: datetime | None = None) -> Reaped:
     """Jobs whose worker stopped heartbeating: re-queued while attempts remain, else failed with
     worker_lost; an abandoned cancelling job ends cancelled."""

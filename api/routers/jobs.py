@@ -18,7 +18,7 @@ from api.schemas import ArtifactPublic, JobEventPublic, MergeJobCreate, MergeJob
 from service.db import session_scope
 from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
-from service.jobs import TERMINAL, find_replay, get_job, request_cancel, submit_job
+from service.jobs import TERMINAL, find_replay, get_job, request_cancel, retry_job, submit_job
 from service.preflight import preflight
 from service.reaper import send
 from service.storage import presigned_get
@@ -101,6 +101,17 @@ def cancel_merge_job(job_id: str, principal: PrincipalDep, session: SessionDep) 
     """Queued jobs end at once; running ones go to `cancelling` and stop at their next step."""
     principal.require("jobs:write")
     return MergeJobPublic.of(request_cancel(session, principal.tenant_id, job_id))
+
+
+@router.post("/{job_id}/retry", response_model=MergeJobPublic, status_code=202)
+def retry_merge_job(
+    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
+) -> MergeJobPublic:
+    """A failed or cancelled job runs again under the same id (409 otherwise)."""
+    principal.require("jobs:write")
+    job = retry_job(session, principal.tenant_id, job_id, settings.max_attempts)
+    _send(settings, dispatcher, job.id)
+    return MergeJobPublic.of(job)
 
 
 @router.get("/{job_id}/events", response_model=Page[JobEventPublic])

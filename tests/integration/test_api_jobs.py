@@ -227,3 +227,22 @@ def test_an_unexpected_error_is_a_problem_document_too(stack: Stack, monkeypatch
     monkeypatch.setattr(routes, "get_job", lambda *a: 1 / 0)
     client = TestClient(stack.client.app, raise_server_exceptions=False)
     assert_problem(client.get("/v1/merge-jobs/mj_x", headers=stack.headers()), 500, "internal_error")
+
+
+def test_a_failed_job_can_be_retried_under_its_id_and_a_succeeded_one_cannot(stack: Stack) -> None:
+    from service.jobs import fail_job, finish_job
+
+    failed, succeeded = stack.submit().json()["id"], stack.submit().json()["id"]
+    with session_scope(stack.url) as session:
+        for job_id in (failed, succeeded):
+            claim_job(session, job_id, worker_id="w1", lease_seconds=60)
+        fail_job(session, failed, worker_id="w1", code="checkpoint_error", message="s3 timeout")
+        finish_job(session, succeeded, worker_id="w1", result={}, artifacts=[], metrics={})
+    retried = stack.client.post(f"/v1/merge-jobs/{failed}/retry", headers=stack.headers())
+    assert retried.status_code == 202
+    job = retried.json()
+    assert (job["status"], job["error"], job["attempt"], job["max_attempts"]) == ("queued", None, 1, 4)
+    assert stack.dispatcher.enqueued[-1] == failed
+    with session_scope(stack.url) as session:
+        assert claim_job(session, failed, worker_id="w2", lease_seconds=60).attempt == 2
+    assert_problem(stack.client.post(f"/v1/merge-jobs/{succeeded}/retry", headers=stack.headers()), 409, "conflict")

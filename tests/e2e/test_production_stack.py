@@ -135,8 +135,9 @@ def download(stack: Stack, job_id: str, target: Path) -> Path:
 
 
 def test_an_fda_job_posted_over_http_runs_on_a_celery_worker_and_its_s3_output_loads(stack: Stack) -> None:
-    stack.start_worker()
     job_id = stack.submit({"anchors": 4, "construction_steps": 5, "adaptation_epochs": 2})
+    CeleryDispatcher(stack.settings.broker_url).enqueue(job_id)  # the same message delivered twice
+    stack.start_worker()
     job = stack.wait_for(job_id, lambda j: j["status"] in ("succeeded", "failed"))
     assert (job["status"], job["attempt"]) == ("succeeded", 1), job
     output = job["result"]["output"]
@@ -177,3 +178,18 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_exactly_once(s
     stored = objects_under(stack, job_id)  # attempt 1's partial files are gone; only attempt 2's remain
     assert all("/attempt-2/" in key for key in stored)
     assert len(stored) == len(stack.get(f"{job_id}/artifacts")["data"])
+
+
+def test_a_job_that_kills_its_worker_every_time_ends_failed_worker_lost(stack: Stack) -> None:
+    job_id = stack.submit({"anchors": 8, "construction_steps": 400, "tolerance": 0.0, "patience": 400})
+    dispatcher = CeleryDispatcher(stack.settings.broker_url)
+    for attempt in (1, 2, 3):
+        worker = stack.start_worker()
+        stack.wait_for(job_id, lambda j, n=attempt: j["attempt"] == n and j["stage"] == "construct")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        time.sleep(LEASE + 0.5)
+        assert reap_and_requeue(stack.settings, dispatcher) == ([job_id] if attempt < 3 else [])
+    job = stack.get(job_id)
+    assert (job["status"], job["error"]["code"], job["attempt"]) == ("failed", "worker_lost", 3)
+    assert objects_under(stack, job_id) == []

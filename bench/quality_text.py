@@ -207,6 +207,7 @@ def main() -> None:
     if not best_ps.startswith("TA"):
         merge(f"FDA({best_ps})", "fda", {**FDA, "init": best_ps})
     lr = float(best_pre.split("lr=")[1])
+    print(f"  Eq. 5 lr chosen on validation: {lr:g}", flush=True)
     for count, tokens in REAL_SHAPES:  # the ceiling: real layer inputs where the anchors go
         real = real_layer_inputs(tok, [train for train, _, _ in splits], count, tokens)
         supplied = {"anchors": count, "tokens": tokens, "adaptation_epochs": FDA["adaptation_epochs"]}

@@ -87,7 +87,16 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         return run_api(args)
     finally:
-        for process in workers:
-            process.terminate()
-        for process in workers:
-            process.wait(timeout=30)
+        stop_all(workers)
+
+
+def stop_all(processes: list[subprocess.Popen], grace: float = 20.0) -> None:
+    """Warm shutdown first (a running job is finished or handed back by its lease), then kill."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

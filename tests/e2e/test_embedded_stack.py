@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -68,5 +69,14 @@ def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: 
         content = httpx.get(f"http://127.0.0.1:{port}{weights['download']}", headers=auth).content
         assert hashlib.sha256(content).hexdigest() == weights["sha256"] and len(content) == weights["size"]
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to `fdamerge up` and its workers, then SIGKILL to anything of the group still there."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
         process.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

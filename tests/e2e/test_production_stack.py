@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -86,10 +87,10 @@ class Stack:
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGTERM)
         for worker in self.workers:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)  # pool children that outlived their parent
 
 
 @pytest.fixture

@@ -15,9 +15,14 @@ from service.settings import VAR
 VISIBILITY_TIMEOUT = 6 * 3600  # Redis redelivers unacked messages older than this even while they run
 
 
+JOB_TIME_LIMIT = 24 * 3600  # a merge that runs a day is stuck: soft limit first (cleanup), then the hard kill
+
+
 def make_celery(broker_url: str, name: str = "fdamerge") -> Celery:
     app = Celery(name, broker=broker_url)
     app.conf.update(
+        task_soft_time_limit=JOB_TIME_LIMIT - 600,
+        task_time_limit=JOB_TIME_LIMIT,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

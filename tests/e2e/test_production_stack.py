@@ -194,3 +194,14 @@ def test_a_job_that_kills_its_worker_every_time_ends_failed_worker_lost(stack: S
     job = stack.get(job_id)
     assert (job["status"], job["error"]["code"], job["attempt"]) == ("failed", "worker_lost", 3)
     assert objects_under(stack, job_id) == []
+
+
+def test_cancel_while_running_ends_cancelled_with_nothing_in_storage(stack: Stack) -> None:
+    stack.start_worker()
+    job_id = stack.submit({"anchors": 8, "construction_steps": 2000, "tolerance": 0.0, "patience": 2000})
+    stack.wait_for(job_id, lambda j: j["stage"] == "construct")
+    answer = stack.client.post(f"/v1/merge-jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {stack.key}"})
+    assert answer.json()["status"] == "cancelling"
+    job = stack.wait_for(job_id, lambda j: j["status"] in ("cancelled", "succeeded", "failed"))
+    assert job["status"] == "cancelled" and job["result"] is None
+    assert objects_under(stack, job_id) == []

@@ -10,8 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,43 +44,17 @@ def _server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=os.environ.get("FDA_SERVER_URL", "http://127.0.0.1:8000"))
 
 
-class ClientError(Exception):
-    pass
-
-
-def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
+def _client(args: argparse.Namespace):
+    from fdamerge_client import Client
 
     key = os.environ.get("FDA_API_KEY")
     if not key:
-        raise ClientError("set FDA_API_KEY (fdamerge keys create, or the key fdamerge up printed)")
-    headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
-    try:
-        response = httpx.request(method, args.server.rstrip("/") + path, headers=headers, timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        raise Unreachable(f"cannot reach {args.server}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            problem = response.json()
-            raise ClientError(f"{response.status_code} {problem.get('code')}: {problem.get('detail')}")
-        except ValueError:
-            raise ClientError(f"{response.status_code}: {response.text[:500]}") from None
-    return response.json()
+        raise _Refused("set FDA_API_KEY (fdamerge keys create, or the key fdamerge up printed)")
+    return Client(args.server, key)
 
 
-class Unreachable(ClientError):
+class _Refused(Exception):
     pass
-
-
-def _retrying(call, attempts: int = 5, pause: float = 2.0):
-    """Connection failures are retried (the server restarting); answers, even errors, are not."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Unreachable:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(pause)
 
 
 def _print(document: Any) -> None:
@@ -91,9 +63,11 @@ def _print(document: Any) -> None:
 
 def _guarded(run):
     def wrapper(args: argparse.Namespace) -> int:
+        from fdamerge_client import ApiError, Unreachable
+
         try:
             return run(args)
-        except ClientError as exc:
+        except (_Refused, ApiError, Unreachable) as exc:
             print(f"fdamerge: {exc}", file=sys.stderr)
             return 2
 
@@ -108,10 +82,6 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     body["base_model"] = _absolute(body.get("base_model"))
     for model in body["models"]:
         model["model"] = _absolute(model["model"])
-    if args.output:
-        body["output"] = args.output
-    if args.metadata:
-        body["metadata"] = dict(item.split("=", 1) for item in args.metadata)
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -126,54 +96,45 @@ def _absolute(location: str | None) -> str | None:
 def run_submit(args: argparse.Namespace) -> int:
     try:
         body = request_body(args)
+        metadata = dict(item.split("=", 1) for item in args.metadata)
     except Exception as exc:  # fda_core's ConfigError, a bad KEY=VALUE
-        raise ClientError(str(exc)) from None
-    headers = {"Idempotency-Key": args.idempotency_key or uuid.uuid4().hex}  # a retried submit never duplicates
-    job = _retrying(lambda: _request(args, "POST", "/v1/merge-jobs", json=body, headers=headers))
-    if not args.wait:
-        _print(job)
-        return 0
-    print(f"{job['id']}: {job['status']}", file=sys.stderr)
-    path = f"/v1/merge-jobs/{job['id']}"
-    while job["status"] not in TERMINAL:
-        time.sleep(1.0)
-        job = _retrying(lambda: _request(args, "GET", path))
-        print(f"{job['id']}: {job['status']} {job['stage'] or ''} {job['progress']:.0%}", file=sys.stderr)
-    _print(job)
-    return 0 if job["status"] == "succeeded" else 1
+        raise _Refused(str(exc)) from None
+    client = _client(args)
+    job = client.submit(body, output=args.output, metadata=metadata, idempotency_key=args.idempotency_key)
+    if args.wait:
+        print(f"{job.id}: {job.status}", file=sys.stderr)
+        job = client.wait(job.id, poll=1.0)
+    _print(job.raw)
+    return 0 if not args.wait or job.status == "succeeded" else 1
 
 
 @_guarded
 def run_list(args: argparse.Namespace) -> int:
-    _print(_request(args, "GET", "/v1/merge-jobs", params={"status": args.status or [], "limit": args.limit}))
+    jobs = _client(args).jobs(status=args.status, page_size=min(args.limit, 100))
+    _print([job.raw for job, _ in zip(jobs, range(args.limit))])
     return 0
 
 
 @_guarded
 def run_get(args: argparse.Namespace) -> int:
-    _print(_request(args, "GET", f"/v1/merge-jobs/{args.job_id}"))
+    _print(_client(args).get(args.job_id).raw)
     return 0
 
 
 @_guarded
 def run_cancel(args: argparse.Namespace) -> int:
-    _print(_request(args, "POST", f"/v1/merge-jobs/{args.job_id}/cancel"))
+    _print(_client(args).cancel(args.job_id).raw)
     return 0
 
 
 @_guarded
 def run_retry(args: argparse.Namespace) -> int:
-    _print(_request(args, "POST", f"/v1/merge-jobs/{args.job_id}/retry"))
+    _print(_client(args).retry(args.job_id).raw)
     return 0
 
 
 @_guarded
 def run_events(args: argparse.Namespace) -> int:
-    after = None
-    while True:
-        page = _request(args, "GET", f"/v1/merge-jobs/{args.job_id}/events", params={"limit": 100, "after": after})
-        for event in page["data"]:
-            print(f"{event['at']}  {event['kind']:<8} {event['message']}")
-        if not page["has_more"]:
-            return 0
-        after = page["next_cursor"]
+    for event in _client(args).events(args.job_id):
+        print(f"{event.at}  {event.kind:<8} {event.message}")
+    return 0

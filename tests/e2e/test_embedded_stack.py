@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from fdamerge_client import Client
 from tests.integration.test_merge_cli import load_with_transformers
 from tests.support.cli import REPO
 from tests.support.services import free_port
@@ -68,6 +69,9 @@ def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: 
         weights = next(a for a in listed["data"] if a["path"] == "model.safetensors")
         content = httpx.get(f"http://127.0.0.1:{port}{weights['download']}", headers=auth).content
         assert hashlib.sha256(content).hexdigest() == weights["sha256"] and len(content) == weights["size"]
+        with Client(f"http://127.0.0.1:{port}", key) as client:  # the Python client streams and checks it too
+            artifact = next(a for a in client.artifacts(job["id"]) if a.path == "model.safetensors")
+            assert client.download(artifact, tmp_path / "dl" / "model.safetensors").read_bytes() == content
     finally:
         stop_group(process)
 

@@ -47,15 +47,8 @@ def submit_job(
         earlier = find_replay(session, tenant_id, idempotency_key, request)
         if earlier is not None:
             return earlier, False
-    job = MergeJob(
-        id=new_id("mj"), tenant_id=tenant_id, status="queued", stage="queued", config=request.config,
-        output_prefix=request.output_prefix, metadata_=request.metadata or {}, idempotency_key=idempotency_key,
-        request_sha256=request.digest(), max_attempts=max_attempts,
-    )  # fmt: skip
     try:
-        session.add(job)
-        session.flush()  # the job row first: its events reference it
-        session.add(JobEvent(job_id=job.id, kind="status", message="queued"))
+        job = insert_job(session, tenant_id, request, max_attempts, idempotency_key=idempotency_key)
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert
         session.rollback()
@@ -64,6 +57,20 @@ def submit_job(
             raise
         return _replayed(earlier, request), False
     return job, True
+
+
+def insert_job(session: Session, tenant_id: str, request: JobRequest, max_attempts: int, **links: Any) -> MergeJob:
+    """A queued job and its first event, flushed but not committed (links: idempotency_key, schedule_id, fire_time)."""
+    job = MergeJob(
+        id=new_id("mj"), tenant_id=tenant_id, status="queued", stage="queued", config=request.config,
+        output_prefix=request.output_prefix, metadata_=request.metadata or {}, request_sha256=request.digest(),
+        max_attempts=max_attempts, **links,
+    )  # fmt: skip
+    session.add(job)
+    session.flush()  # the job row first: its events reference it
+    session.add(JobEvent(job_id=job.id, kind="status", message="queued"))
+    session.flush()
+    return job
 
 
 def find_replay(session: Session, tenant_id: str, key: str, request: JobRequest) -> MergeJob | None:

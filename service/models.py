@@ -69,10 +69,33 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Schedule(Base):
+    """A cron expression in a time zone that creates merge jobs from a template."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uq_schedules_tenant_name"),
+        Index("ix_schedules_due", "paused", "next_fire_at"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(120))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    template: Mapped[dict[str, Any]]  # {"config": …, "output": …, "metadata": …}, validated at creation
+    overlap: Mapped[str] = mapped_column(String(8), default="skip")  # skip | queue
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_fire_at: Mapped[datetime | None]
+    last_fire_at: Mapped[datetime | None]
+    skipped: Mapped[int] = mapped_column(Integer, default=0)  # fire times skipped because a run was active
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class MergeJob(Base):
     __tablename__ = "merge_jobs"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_merge_jobs_idempotency"),
+        UniqueConstraint("schedule_id", "fire_time", name="uq_merge_jobs_schedule_fire"),
         Index("ix_merge_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_merge_jobs_status_lease", "status", "lease_expires_at"),
     )
@@ -96,6 +119,8 @@ class MergeJob(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_param: Mapped[str | None] = mapped_column(String(255))
     result: Mapped[dict[str, Any] | None]
+    schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"), index=True)
+    fire_time: Mapped[datetime | None]  # the schedule's fire time this job was made for: one job per fire time
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

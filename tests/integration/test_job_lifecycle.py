@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -27,24 +25,10 @@ from service.jobs import (
     request_cancel,
     submit_job,
 )
-from service.migrate import upgrade
-from service.models import Base, JobEvent, MergeJob, Tenant, utcnow
+from service.models import Base, JobEvent, MergeJob, utcnow
 
 CONFIG = {"method": "task_arithmetic", "base_model": "s3://b/base", "models": [{"model": "s3://b/a"}]}
 LEASE = 60.0
-_databases = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        url = request.getfixturevalue("postgres_server").create_database(f"lifecycle{next(_databases)}")
-    upgrade(url)
-    with session_scope(url) as session:
-        session.add_all([Tenant(id="tn_a", name="a"), Tenant(id="tn_b", name="b")])
-    return url
 
 
 def submit(url: str, key: str | None = None, config=CONFIG, tenant: str = "tn_a") -> str:

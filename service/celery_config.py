@@ -28,7 +28,10 @@ def make_celery(broker_url: str, name: str = "fdamerge") -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue="merge",
-        task_routes={"fdamerge.reap": {"queue": "control"}},  # never behind a long merge on a GPU worker
+        task_routes={  # never behind a long merge on a GPU worker
+            "fdamerge.reap": {"queue": "control"},
+            "fdamerge.schedules": {"queue": "control"},
+        },
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(broker_url),
     )

@@ -1,5 +1,5 @@
-"""The periodic reaper: expired leases back to the queue (after the commit) or ended with their
-leftovers deleted, and queued jobs whose message never reached the queue sent again."""
+"""Periodic work: the reaper (expired leases back to the queue after the commit, or ended with their
+leftovers deleted; queued jobs whose message never reached the queue sent again) and the scheduler tick."""
 
 from __future__ import annotations
 
@@ -38,3 +38,22 @@ def send(settings: Settings, dispatcher: Dispatcher, job_id: str) -> None:
     dispatcher.enqueue(job_id)
     with session_scope(settings.database_url) as session:
         mark_enqueued(session, job_id)
+
+
+def send_quietly(settings: Settings, dispatcher: Dispatcher, job_id: str) -> None:
+    """After the commit. If the broker is down the job stays accepted and the next reaper tick sends it."""
+    try:
+        send(settings, dispatcher, job_id)
+    except Exception:
+        log.exception("job %s accepted but not yet enqueued; the reaper will retry", job_id)
+
+
+def fire_schedules(settings: Settings, dispatcher: Dispatcher) -> list[str]:
+    """One scheduler tick: jobs for the due schedules, committed, then sent."""
+    from service.schedules import tick
+
+    with session_scope(settings.database_url) as session:
+        created = tick(session, settings.max_attempts)
+    for job_id in created:
+        send_quietly(settings, dispatcher, job_id)
+    return created

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.execute import execute_job
 from service.queue import MERGE_TASK, CeleryDispatcher
-from service.reaper import reap_and_requeue
+from service.reaper import fire_schedules, reap_and_requeue
 from service.settings import get_settings
 from worker.app import app
 
@@ -18,3 +18,9 @@ def merge(job_id: str) -> str:
 def reap() -> list[str]:
     settings = get_settings()
     return reap_and_requeue(settings, CeleryDispatcher(settings.broker_url))
+
+
+@app.task(name="fdamerge.schedules")
+def schedules_tick() -> list[str]:
+    settings = get_settings()
+    return fire_schedules(settings, CeleryDispatcher(settings.broker_url))

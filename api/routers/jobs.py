@@ -20,7 +20,7 @@ from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
 from service.jobs import TERMINAL, find_replay, get_job, request_cancel, retry_job, submit_job
 from service.preflight import preflight
-from service.reaper import send
+from service.reaper import send_quietly
 from service.storage import presigned_get
 from service.submission import InvalidRequest, job_request
 
@@ -52,19 +52,11 @@ def create_merge_job(
         max_attempts=settings.max_attempts,
     )  # fmt: skip
     if job.enqueued_at is None:
-        _send(settings, dispatcher, job.id)
+        send_quietly(settings, dispatcher, job.id)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/merge-jobs/{job.id}"
     return MergeJobPublic.of(job)
-
-
-def _send(settings, dispatcher, job_id: str) -> None:
-    """After the commit. If the broker is down the job stays accepted and the reaper sends it later."""
-    try:
-        send(settings, dispatcher, job_id)
-    except Exception:
-        log.exception("job %s accepted but not yet enqueued; the reaper will retry", job_id)
 
 
 @router.get("", response_model=Page[MergeJobPublic])
@@ -110,7 +102,7 @@ def retry_merge_job(
     """A failed or cancelled job runs again under the same id (409 otherwise)."""
     principal.require("jobs:write")
     job = retry_job(session, principal.tenant_id, job_id, settings.max_attempts)
-    _send(settings, dispatcher, job.id)
+    send_quietly(settings, dispatcher, job.id)
     return MergeJobPublic.of(job)
 
 

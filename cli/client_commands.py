@@ -40,6 +40,29 @@ def add_parsers(commands) -> None:
         command.set_defaults(run=runner)
 
 
+def add_schedule_parsers(commands) -> None:
+    schedules = commands.add_parser("schedules", help="cron-driven merges").add_subparsers(
+        dest="schedules_command", required=True
+    )
+    create = schedules.add_parser("create", help="NAME CRON CONFIG: runs CONFIG (a merge YAML) on a cron")
+    create.add_argument("name")
+    create.add_argument("cron", help="five fields, e.g. '0 2 * * *'")
+    create.add_argument("config", type=Path)
+    create.add_argument("--timezone", default="UTC")
+    create.add_argument("--overlap", choices=("skip", "queue"), default="skip")
+    create.add_argument("--output")
+    _server_option(create)
+    create.set_defaults(run=run_schedule_create)
+    listing = schedules.add_parser("list")
+    _server_option(listing)
+    listing.set_defaults(run=run_schedule_list)
+    for name in ("get", "pause", "resume", "trigger", "delete"):
+        command = schedules.add_parser(name)
+        command.add_argument("schedule_id")
+        _server_option(command)
+        command.set_defaults(run=run_schedule_action, action=name)
+
+
 def _server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=os.environ.get("FDA_SERVER_URL", "http://127.0.0.1:8000"))
 
@@ -137,4 +160,36 @@ def run_retry(args: argparse.Namespace) -> int:
 def run_events(args: argparse.Namespace) -> int:
     for event in _client(args).events(args.job_id):
         print(f"{event.at}  {event.kind:<8} {event.message}")
+    return 0
+
+
+@_guarded
+def run_schedule_create(args: argparse.Namespace) -> int:
+    try:
+        template = request_body(args)
+    except Exception as exc:
+        raise _Refused(str(exc)) from None
+    if args.output:
+        template["output"] = args.output
+    _print(_client(args).create_schedule(args.name, args.cron, template, timezone=args.timezone, overlap=args.overlap))
+    return 0
+
+
+@_guarded
+def run_schedule_list(args: argparse.Namespace) -> int:
+    _print(_client(args).schedules())
+    return 0
+
+
+@_guarded
+def run_schedule_action(args: argparse.Namespace) -> int:
+    client, schedule_id = _client(args), args.schedule_id
+    actions = {
+        "get": lambda: client.schedule(schedule_id),
+        "pause": lambda: client.update_schedule(schedule_id, paused=True),
+        "resume": lambda: client.update_schedule(schedule_id, paused=False),
+        "trigger": lambda: client.trigger(schedule_id).raw,
+        "delete": lambda: client.delete_schedule(schedule_id) or {"deleted": schedule_id},
+    }
+    _print(actions[args.action]())
     return 0

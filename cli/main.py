@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_command.add_parser(commands)
     service_commands.add_parsers(commands)
     client_commands.add_parsers(commands)
+    client_commands.add_schedule_parsers(commands)
     return parser
 
 

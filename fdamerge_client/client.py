@@ -119,6 +119,47 @@ class Client:
             raise ApiError(502, "checksum_mismatch", f"{artifact.path}: downloaded bytes do not match its sha256")
         return target
 
+    def create_schedule(
+        self,
+        name: str,
+        cron: str,
+        template: dict[str, Any],
+        *,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+        paused: bool = False,
+    ) -> dict[str, Any]:
+        """A cron schedule (read in `timezone`) whose runs submit `template` (a merge-job body)."""
+        body = {
+            "name": name,
+            "cron": cron,
+            "timezone": timezone,
+            "template": template,
+            "overlap": overlap,
+            "paused": paused,
+        }
+        return self._call("POST", "/v1/schedules", json=body)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/schedules")["data"]
+
+    def schedule(self, schedule_id: str) -> dict[str, Any]:
+        """With its recent runs."""
+        return self._call("GET", f"/v1/schedules/{schedule_id}")
+
+    def update_schedule(self, schedule_id: str, **changes: Any) -> dict[str, Any]:
+        """cron, timezone, template, overlap or paused."""
+        return self._call("PATCH", f"/v1/schedules/{schedule_id}", json=changes)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        response = self.http.delete(f"/v1/schedules/{schedule_id}")
+        if response.status_code >= 400:
+            raise _problem(response)
+
+    def trigger(self, schedule_id: str) -> Job:
+        """Run the schedule's template now."""
+        return Job.of(self._call("POST", f"/v1/schedules/{schedule_id}/trigger"))
+
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 2.0) -> Job:
         """Poll until the job ends (or `timeout` seconds pass: TimeoutError); transient outages are ridden out."""
         deadline = None if timeout is None else time.monotonic() + timeout

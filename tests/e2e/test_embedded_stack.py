@@ -72,6 +72,21 @@ def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: 
         with Client(f"http://127.0.0.1:{port}", key) as client:  # the Python client streams and checks it too
             artifact = next(a for a in client.artifacts(job["id"]) if a.path == "model.safetensors")
             assert client.download(artifact, tmp_path / "dl" / "model.safetensors").read_bytes() == content
+        server = ["--server", f"http://127.0.0.1:{port}"]
+        made = subprocess.run(
+            [sys.executable, "-m", "cli.main", "schedules", "create", "nightly", "0 2 * * *", str(config), *server],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        schedule_id = yaml.safe_load(made.stdout)["id"]
+        fired = subprocess.run(
+            [sys.executable, "-m", "cli.main", "schedules", "trigger", schedule_id, *server],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert fired.returncode == 0, fired.stderr
+        with Client(f"http://127.0.0.1:{port}", key) as client:
+            run = client.wait(yaml.safe_load(fired.stdout)["id"], timeout=240, poll=0.5)
+            assert run.status == "succeeded" and run.metadata == {"schedule": "nightly"}
     finally:
         stop_group(process)
 

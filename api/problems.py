@@ -12,8 +12,7 @@ from starlette.exceptions import HTTPException
 
 from fda_core.errors import FdaMergeError
 from service.auth import Forbidden, Unauthorized
-from service.errors import Conflict, IdempotencyMismatch, LeaseLost, NotFound, ServiceError
-from service.submission import InvalidRequest
+from service.errors import Conflict, IdempotencyMismatch, InvalidRequest, LeaseLost, NotFound, ServiceError
 
 log = logging.getLogger(__name__)
 STATUS: dict[type[Exception], int] = {

@@ -31,6 +31,7 @@ def make_celery(broker_url: str, name: str = "fdamerge") -> Celery:
         task_routes={  # never behind a long merge on a GPU worker
             "fdamerge.reap": {"queue": "control"},
             "fdamerge.schedules": {"queue": "control"},
+            "fdamerge.webhooks": {"queue": "control"},
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(broker_url),

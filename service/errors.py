@@ -27,3 +27,13 @@ class LeaseLost(ServiceError):
     """This worker no longer holds the job (its lease expired and another worker claimed it)."""
 
     code = "lease_lost"
+
+
+class InvalidRequest(ServiceError):
+    """A field of the request is wrong; `param` names it (`models[1].model`)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param

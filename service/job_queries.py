@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
+from service.errors import InvalidRequest
 from service.models import Artifact, JobEvent, MergeJob, Metric
-from service.submission import InvalidRequest
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from service.errors import Conflict, IdempotencyMismatch, LeaseLost, NotFound
 from service.ids import new_id
 from service.models import Artifact, JobEvent, MergeJob, Metric, utcnow
+from service.webhooks import record_event
 
 ACTIVE = ("running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -141,6 +142,7 @@ def claim_job(session: Session, job_id: str, *, worker_id: str, lease_seconds: f
     if job.started_at is None:
         job.started_at = now
     session.add(JobEvent(job_id=job_id, kind="status", attempt=job.attempt, message=f"running on {worker_id}"))
+    record_event(session, job, "running")
     session.commit()
     return job
 
@@ -217,6 +219,14 @@ def _end(session: Session, job_id: str, worker_id: str, status: str, **values: A
     session.add(
         JobEvent(job_id=job_id, kind="status", message=f"{status}: {message}" if status == "failed" else status)
     )
+    _announce(session, job_id, status)
+
+
+def _announce(session: Session, job_id: str, status: str) -> None:
+    """Webhook deliveries for this transition, in its transaction (the row re-read after the UPDATE)."""
+    job = session.get(MergeJob, job_id, populate_existing=True)
+    if job is not None:
+        record_event(session, job, status)
 
 
 def _changed(session: Session, statement: Any) -> int:
@@ -235,10 +245,12 @@ def request_cancel(session: Session, tenant_id: str, job_id: str) -> MergeJob:
     queued = update(MergeJob).where(MergeJob.id == job_id, MergeJob.status == "queued")
     if _changed(session, queued.values(status="cancelled", stage="cancelled", finished_at=now)) == 1:
         session.add(JobEvent(job_id=job_id, kind="status", message="cancelled before it started"))
+        _announce(session, job_id, "cancelled")
     else:
         running = update(MergeJob).where(MergeJob.id == job_id, MergeJob.status.in_(ACTIVE))
         if _changed(session, running.values(status="cancelling", cancel_requested=True)) == 1:
             session.add(JobEvent(job_id=job_id, kind="status", message="cancelling"))
+            _announce(session, job_id, "cancelling")
         else:
             session.rollback()
             ended = session.scalar(select(MergeJob.status).where(MergeJob.id == job_id))  # fresh, not the loaded row
@@ -309,4 +321,5 @@ def _reap_one(session: Session, job: MergeJob, now: datetime) -> str:
     session.add(
         JobEvent(job_id=job.id, kind="status", attempt=job.attempt, message=f"lease expired: {values['status']}")
     )
+    _announce(session, job.id, str(values["status"]))
     return str(values["status"])

@@ -11,9 +11,9 @@ from __future__ import annotations
 from fda_core.config import MergeConfig
 from fda_core.errors import FdaMergeError
 from fda_core.merge.plan import build_plan
+from service.errors import InvalidRequest
 from service.settings import Settings
 from service.sources import register_s3
-from service.submission import InvalidRequest
 
 PLAN_SHARD_BYTES = 5 << 30
 

@@ -57,3 +57,14 @@ def fire_schedules(settings: Settings, dispatcher: Dispatcher) -> list[str]:
     for job_id in created:
         send_quietly(settings, dispatcher, job_id)
     return created
+
+
+def deliver_webhooks(settings: Settings) -> int:
+    """One sender pass: every due delivery attempted once; returns how many were attempted."""
+    from service.webhooks import attempt_delivery, due_deliveries
+
+    with session_scope(settings.database_url) as session:
+        due = due_deliveries(session)
+        for delivery in due:
+            attempt_delivery(session, delivery, settings.webhooks_allow_loopback)
+        return len(due)

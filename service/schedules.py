@@ -18,11 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_id
 from service.jobs import ACTIVE, JobRequest, insert_job
 from service.models import MergeJob, Schedule, utcnow
-from service.submission import InvalidRequest
 
 OVERLAP = ("skip", "queue")
 

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it fails with worker_lost")
     device: str = Field("cpu", description="Where workers merge: cpu, cuda or cuda:N")
+    webhooks_allow_loopback: bool = Field(False, description="Allow http webhooks to loopback (development, tests)")
     preflight: bool = Field(True, description="Read every input's header at submit (422 before any download)")
 
 

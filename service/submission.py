@@ -8,20 +8,10 @@ from typing import Any
 
 from fda_core.config import MergeConfig
 from service.auth import Principal
-from service.errors import ServiceError
+from service.errors import InvalidRequest
 from service.jobs import JobRequest
 
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-
-
-class InvalidRequest(ServiceError):
-    """A field of the request is wrong; `param` names it (`models[1].model`)."""
-
-    code = "invalid_request"
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def job_request(config: MergeConfig, principal: Principal, output: str | None, metadata: dict[str, Any]) -> JobRequest:

@@ -12,10 +12,12 @@ from service.settings import get_settings
 REAP_EVERY_SECONDS = 30.0
 
 app = make_celery(get_settings().broker_url, name="fdamerge-worker")
+WEBHOOKS_EVERY_SECONDS = 5.0
 TICK_EVERY_SECONDS = 15.0  # cron has minute resolution: a run starts within 15 s of its fire time
 
 app.conf.beat_schedule = {
     "reap-expired-leases": {"task": "fdamerge.reap", "schedule": REAP_EVERY_SECONDS},
     "fire-due-schedules": {"task": "fdamerge.schedules", "schedule": TICK_EVERY_SECONDS},
+    "deliver-webhooks": {"task": "fdamerge.webhooks", "schedule": WEBHOOKS_EVERY_SECONDS},
 }
 app.conf.imports = ("worker.tasks",)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.execute import execute_job
 from service.queue import MERGE_TASK, CeleryDispatcher
-from service.reaper import fire_schedules, reap_and_requeue
+from service.reaper import deliver_webhooks, fire_schedules, reap_and_requeue
 from service.settings import get_settings
 from worker.app import app
 
@@ -24,3 +24,8 @@ def reap() -> list[str]:
 def schedules_tick() -> list[str]:
     settings = get_settings()
     return fire_schedules(settings, CeleryDispatcher(settings.broker_url))
+
+
+@app.task(name="fdamerge.webhooks")
+def webhooks_tick() -> int:
+    return deliver_webhooks(get_settings())

@@ -9,10 +9,9 @@ import pytest
 from sqlalchemy import select, update
 
 from service.db import session_scope
-from service.errors import Conflict
+from service.errors import Conflict, InvalidRequest
 from service.models import MergeJob, Schedule
 from service.schedules import ScheduleSpec, create_schedule, next_fire, tick, trigger, update_schedule
-from service.submission import InvalidRequest
 from tests.integration.test_job_lifecycle import CONFIG
 
 TEMPLATE = {"config": CONFIG, "output": "nightly", "metadata": {"team": "a"}}

@@ -1,0 +1,188 @@
+"""Webhooks (Standard Webhooks): endpoints per tenant, deliveries written in the job's own transaction
+(an outbox), sent by a periodic task with backoff, signed `v1,<base64 HMAC-SHA256(id.timestamp.body)>`.
+
+SSRF guard: https only; the host is resolved once and every address must be public (no private,
+loopback, link-local, multicast, reserved or metadata addresses); the request then goes to that
+checked address (TLS still verifies the hostname), so DNS cannot swap in another address between
+check and connect; redirects are not followed. FDA_WEBHOOKS_ALLOW_LOOPBACK=true admits http to
+loopback, for local development and tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import random
+import secrets
+import socket
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fdamerge_client.webhooks import signature
+from service.errors import InvalidRequest, NotFound
+from service.ids import new_id
+from service.models import MergeJob, WebhookDelivery, WebhookEndpoint, utcnow
+
+EVENTS = ("merge_job.running", "merge_job.succeeded", "merge_job.failed", "merge_job.cancelled", "merge_job.cancelling")
+MAX_ATTEMPTS = 8
+TIMEOUT_SECONDS = 10.0
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+def create_endpoint(
+    session: Session, tenant_id: str, url: str, events: list[str], allow_loopback: bool
+) -> WebhookEndpoint:
+    unknown = sorted(set(events) - set(EVENTS))
+    if unknown:
+        raise InvalidRequest(f"events: unknown {', '.join(unknown)}; choose from {', '.join(EVENTS)}", "events")
+    check_url(url, allow_loopback)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    endpoint = WebhookEndpoint(id=new_id("we"), tenant_id=tenant_id, url=url, events=events, secret=secret)
+    session.add(endpoint)
+    session.commit()
+    return endpoint
+
+
+def get_endpoint(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
+    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None or endpoint.tenant_id != tenant_id:
+        raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+    return endpoint
+
+
+def list_endpoints(session: Session, tenant_id: str) -> list[WebhookEndpoint]:
+    query = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id).order_by(WebhookEndpoint.created_at)
+    return list(session.scalars(query))
+
+
+def delete_endpoint(session: Session, tenant_id: str, endpoint_id: str) -> None:
+    session.delete(get_endpoint(session, tenant_id, endpoint_id))
+    session.commit()
+
+
+def deliveries_of(session: Session, endpoint_id: str, limit: int = 100) -> list[WebhookDelivery]:
+    query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+    return list(session.scalars(query.order_by(WebhookDelivery.created_at.desc()).limit(limit)))
+
+
+# --- events: written with the transition that caused them --------------------------------------
+
+
+def record_event(session: Session, job: MergeJob, status: str) -> None:
+    """Queue `merge_job.<status>` for every active endpoint of the job's tenant that wants it (not committed)."""
+    event = f"merge_job.{status}"
+    if event not in EVENTS:
+        return
+    query = select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == job.tenant_id, WebhookEndpoint.active.is_(True))
+    for endpoint in session.scalars(query):
+        if endpoint.events and event not in endpoint.events:
+            continue
+        payload = {"type": event, "timestamp": utcnow().isoformat(), "data": _job_summary(job, status)}
+        session.add(WebhookDelivery(id=new_id("msg"), endpoint_id=endpoint.id, event=event, payload=payload))
+
+
+def _job_summary(job: MergeJob, status: str) -> dict[str, Any]:
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    return {"id": job.id, "object": "merge_job", "status": status, "attempt": job.attempt, "error": error,
+            "result": job.result, "metadata": job.metadata_}  # fmt: skip
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks: v1,<base64 HMAC-SHA256 over "id.timestamp.body" with the secret's key bytes>."""
+    return "v1," + signature(secret, message_id, timestamp, body)  # the same code receivers verify with
+
+
+def due_deliveries(session: Session, limit: int = 50) -> list[WebhookDelivery]:
+    query = select(WebhookDelivery).where(
+        WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow()
+    )
+    return list(
+        session.scalars(query.order_by(WebhookDelivery.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
+    )
+
+
+def attempt_delivery(session: Session, delivery: WebhookDelivery, allow_loopback: bool) -> None:
+    """One POST; the outcome and the next attempt (exponential backoff with jitter) are recorded."""
+    endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id)
+    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+    timestamp = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": delivery.id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(endpoint.secret, delivery.id, timestamp, body),
+    }
+    delivery.attempts += 1
+    try:
+        code = post(endpoint.url, body, headers, allow_loopback)
+        delivery.last_status_code, delivery.last_error = code, None
+        succeeded = 200 <= code < 300
+    except (OSError, ValueError) as exc:  # refused address, DNS, TLS, timeout
+        delivery.last_status_code, delivery.last_error, succeeded = None, str(exc)[:500], False
+    if succeeded:
+        delivery.status, delivery.delivered_at = "succeeded", utcnow()
+    elif delivery.attempts >= MAX_ATTEMPTS:
+        delivery.status = "failed"
+    else:
+        delivery.next_attempt_at = utcnow() + backoff(delivery.attempts)
+
+
+def backoff(attempts: int) -> timedelta:
+    """5 s, 10 s, 20 s … capped at an hour, ±20 % jitter so endpoints coming back are not stampeded."""
+    base = min(3600.0, 5.0 * 2 ** (attempts - 1))
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+def post(url: str, body: bytes, headers: dict[str, str], allow_loopback: bool) -> int:
+    """POST to the checked address; returns the status code. Redirects are answers, not followed."""
+    import httpx
+
+    target = check_url(url, allow_loopback)
+    parts = urlsplit(url)
+    pinned = parts._replace(netloc=f"{_bracketed(target.address)}:{target.port}").geturl()
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
+        response = client.post(pinned, content=body, headers={**headers, "host": parts.netloc}, extensions=extensions)
+    return response.status_code
+
+
+class _Target:
+    def __init__(self, address: str, port: int) -> None:
+        self.address, self.port = address, port
+
+
+def check_url(url: str, allow_loopback: bool) -> _Target:
+    """The one address this URL may be sent to, or InvalidRequest saying why not."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidRequest(f"url: {url!r} is not an http(s) URL", "url")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidRequest(f"url: cannot resolve {parts.hostname!r} ({exc})", "url") from None
+    addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
+    loopback_only = all(a.is_loopback for a in addresses)
+    if allow_loopback and loopback_only:
+        return _Target(str(sorted(addresses, key=str)[0]), port)
+    if parts.scheme != "https":
+        raise InvalidRequest(f"url: {url!r} must be https", "url")
+    for address in addresses:
+        if not address.is_global or address.is_multicast:
+            raise InvalidRequest(f"url: {parts.hostname} resolves to {address}, a non-public address", "url")
+    return _Target(str(sorted(addresses, key=str)[0]), port)
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

@@ -32,7 +32,10 @@ def add_parsers(commands) -> None:
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
+    from service.observability import configure_json_logging
+
+    configure_json_logging()
+    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, log_config=None)
     return 0
 
 

@@ -29,10 +29,17 @@ def object_lock(path: Path) -> Iterator[None]:
 _pinned: set[Path] = set()  # objects this process has handed to a merge: never evicted under it
 
 
-def use(obj: Path, record: Path) -> None:
+stats = {"hits": 0, "misses": 0, "bytes_downloaded": 0}  # this process's (= this job's) first uses
+
+
+def use(obj: Path, record: Path, downloaded: bool) -> None:
     """Mark an object as used now, and pinned for the rest of this process (a worker runs one job)."""
     record.touch(exist_ok=True)
-    _pinned.add(obj.resolve())
+    resolved = obj.resolve()
+    if resolved not in _pinned:
+        stats["misses" if downloaded else "hits"] += 1
+        stats["bytes_downloaded"] += obj.stat().st_size if downloaded else 0
+    _pinned.add(resolved)
 
 
 def make_room(cache_root: Path, needed: int, budget: int | None) -> list[Path]:

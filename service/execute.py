@@ -27,6 +27,7 @@ from fda_core.errors import (
 )
 from fda_core.merge.progress import MergeProgress
 from fda_core.merge.run import MergeOptions, MergeResult, run_merge
+from service import checkpoint_cache
 from service.db import session_scope
 from service.errors import LeaseLost
 from service.jobs import (
@@ -39,6 +40,7 @@ from service.jobs import (
     output_base,
     record_progress,
 )
+from service.observability import logging_job
 from service.settings import Settings
 from service.sources import register_s3
 from service.storage import Storage, make_storage, put_tree
@@ -124,7 +126,15 @@ def execute_job(job_id: str, settings: Settings, worker_id: str | None = None) -
         job = claim_job(session, job_id, worker_id=worker_id, lease_seconds=settings.lease_seconds)
         if job is None:
             return "not_claimed"  # running elsewhere, finished, or cancelled: a duplicate delivery
-        config, base, attempt = job.config, output_base(job), job.attempt
+        config, base, attempt, tenant = job.config, output_base(job), job.attempt, job.tenant_id
+    with logging_job(job_id, tenant, attempt):
+        log.info("claimed by %s", worker_id)
+        outcome = _execute_claimed(settings, job_id, worker_id, config, base, attempt)
+        log.info("attempt ended: %s", outcome)
+        return outcome
+
+
+def _execute_claimed(settings: Settings, job_id: str, worker_id: str, config, base: str, attempt: int) -> str:
     register_s3(settings)
     storage = make_storage(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
     scratch = Path(settings.cache_dir) / "jobs" / f"{job_id}-{attempt}"
@@ -159,7 +169,7 @@ class _Attempt:
             with session_scope(self.settings.database_url) as session:
                 finish_job(
                     session, self.job_id, worker_id=self.worker_id,
-                    result=_result(result, self.storage.uri(self.prefix)),
+                    result=_result(result, self.storage.uri(self.prefix), sum(obj.size for obj in stored)),
                     artifacts=[_artifact(obj) for obj in stored],
                     metrics={**result.metrics, "seconds": result.seconds},
                 )  # fmt: skip
@@ -203,13 +213,15 @@ class _Attempt:
         return status
 
 
-def _result(result: MergeResult, output_uri: str) -> dict[str, Any]:
+def _result(result: MergeResult, output_uri: str, uploaded: int) -> dict[str, Any]:
     return {
         "output": output_uri,
         "method": result.method,
         "tensors": result.tensors,
         "parameters": result.parameters,
         "seconds": result.seconds,
+        "checkpoint_cache": dict(checkpoint_cache.stats),  # S3 inputs: objects reused vs downloaded, bytes in
+        "bytes_uploaded": uploaded,
     }
 
 

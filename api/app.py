@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.limits import BodySizeLimit
-from api.routers import dashboard, health, jobs, schedules, webhooks
+from api.routers import dashboard, health, jobs, keys, schedules, webhooks
 from fda_core import __version__
 from service.queue import CeleryDispatcher, Dispatcher
 from service.settings import Settings, get_settings
@@ -23,5 +23,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(jobs.router)
     app.include_router(schedules.router)
     app.include_router(webhooks.router)
+    app.include_router(keys.router)
     app.include_router(dashboard.router)
     return app

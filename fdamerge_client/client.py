@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,6 +160,30 @@ class Client:
     def trigger(self, schedule_id: str) -> Job:
         """Run the schedule's template now."""
         return Job.of(self._call("POST", f"/v1/schedules/{schedule_id}/trigger"))
+
+    def stream_events(self, job_id: str, after: int | None = None) -> Iterator[Event]:
+        """Events as they happen (server-sent events), until the job ends."""
+        params: dict[str, str | int] = {"stream": "true", **({"after": after} if after is not None else {})}
+        with self.http.stream("GET", f"/v1/merge-jobs/{job_id}/events", params=params, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _problem(response)
+            kind = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind != "end":
+                    yield Event.of(json.loads(line[6:]))
+
+    def create_key(self, scopes: list[str] | None = None) -> dict[str, Any]:
+        """A new key for your tenant (admin scope); the plaintext is in `key`, shown this once."""
+        return self._call("POST", "/v1/api-keys", json={"scopes": scopes} if scopes else {})
+
+    def keys(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/api-keys")["data"]
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/api-keys/{key_id}")
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 2.0) -> Job:
         """Poll until the job ends (or `timeout` seconds pass: TimeoutError); transient outages are ridden out."""

@@ -90,3 +90,18 @@ def authenticate(session: Session, presented: str) -> Principal:
 
 def _digest(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)))
+
+
+def revoke_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
+    from service.errors import NotFound
+
+    key = session.get(ApiKey, key_id)
+    if key is None or key.tenant_id != tenant_id:
+        raise NotFound(f"no API key {key_id!r}")
+    key.revoked = True
+    session.commit()
+    return key

@@ -62,3 +62,30 @@ def test_retry_requeues_a_failed_job(stack: Stack) -> None:
         fail_job(session, job.id, worker_id="w1", code="checkpoint_error", message="timeout")
     assert client.get(job.id).error["code"] == "checkpoint_error"
     assert client.retry(job.id).status == "queued"
+
+
+def test_stream_events_follows_a_job_to_its_end(stack: Stack) -> None:
+    client = client_for(stack)
+    job = client.submit(BODY)
+    client.cancel(job.id)
+    assert [e.message for e in client.stream_events(job.id)] == ["queued", "cancelled before it started"]
+
+
+def test_admins_create_list_and_revoke_keys_of_their_tenant(stack: Stack) -> None:
+    from service.auth import create_api_key, ensure_tenant
+
+    with session_scope(stack.url) as session:
+        admin_key = create_api_key(session, ensure_tenant(session, "acme"), ["admin"])
+    admin = client_for(stack, admin_key)
+    created = admin.create_key(["jobs:read"])
+    assert created["key"].startswith(created["prefix"]) and created["scopes"] == ["jobs:read"]
+    reader = client_for(stack, created["key"])
+    assert list(reader.jobs()) == []
+    assert all(k["key"] is None for k in admin.keys()) and len(admin.keys()) == 4
+    admin.revoke_key(created["id"])
+    with pytest.raises(ApiError) as revoked:
+        list(reader.jobs())
+    assert revoked.value.status == 401
+    with pytest.raises(ApiError) as not_admin:
+        client_for(stack).keys()
+    assert not_admin.value.status == 403

@@ -187,3 +187,28 @@ def test_another_tenants_job_is_not_found(database_url: str) -> None:
         with pytest.raises(NotFound):
             request_cancel(session, "tn_b", job_id)
         assert get_job(session, "tn_a", job_id).id == job_id
+
+
+def test_upgrading_a_database_with_jobs_keeps_their_events_and_artifacts(tmp_path) -> None:
+    from sqlalchemy import text
+
+    from service.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0001")
+    rows = [
+        "INSERT INTO tenants (id, name, allowed_prefixes, created_at) VALUES ('tn', 'a', '[]', '2026-01-01')",
+        "INSERT INTO merge_jobs (id, tenant_id, status, progress, config, metadata, attempt, max_attempts,"
+        " cancel_requested, created_at) VALUES ('mj_1', 'tn', 'succeeded', 1, '{}', '{}', 1, 3, 0, '2026-01-01')",
+        "INSERT INTO job_events (job_id, at, kind, attempt, message, data) VALUES ('mj_1', '2026-01-01', 'status', 1, 'x', '{}')",
+        "INSERT INTO artifacts (job_id, kind, path, uri, size, sha256) VALUES ('mj_1', 'model', 'm', 'u', 1, 's')",
+    ]
+    with session_scope(url) as session:
+        for row in rows:
+            session.execute(text(row))
+    upgrade(url)  # 0002 rebuilds merge_jobs on SQLite
+    with session_scope(url) as session:
+        counts = [
+            session.scalar(text(f"SELECT count(*) FROM {table}")) for table in ("merge_jobs", "job_events", "artifacts")
+        ]
+    assert counts == [1, 1, 1]

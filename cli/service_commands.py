@@ -54,9 +54,9 @@ def beat_command(schedule: str = "var/celerybeat-schedule") -> list[str]:
         "-s",
         schedule,
         "-Q",
-        "control",
+        "control,webhooks",  # the reaper and scheduler, and webhook sending, two at a time
         "-c",
-        "1",
+        "2",
         "-n",
         "control@%h",
     ]

@@ -31,7 +31,7 @@ def make_celery(broker_url: str, name: str = "fdamerge") -> Celery:
         task_routes={  # never behind a long merge on a GPU worker
             "fdamerge.reap": {"queue": "control"},
             "fdamerge.schedules": {"queue": "control"},
-            "fdamerge.webhooks": {"queue": "control"},
+            "fdamerge.webhooks": {"queue": "webhooks"},  # slow receivers never delay the reaper or the scheduler
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(broker_url),

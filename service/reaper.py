@@ -61,10 +61,14 @@ def fire_schedules(settings: Settings, dispatcher: Dispatcher) -> list[str]:
 
 def deliver_webhooks(settings: Settings) -> int:
     """One sender pass: every due delivery attempted once; returns how many were attempted."""
+    from service.models import WebhookDelivery
     from service.webhooks import attempt_delivery, due_deliveries
 
     with session_scope(settings.database_url) as session:
-        due = due_deliveries(session)
-        for delivery in due:
-            attempt_delivery(session, delivery, settings.webhooks_allow_loopback)
-        return len(due)
+        due = [delivery.id for delivery in due_deliveries(session)]
+    for delivery_id in due:  # one transaction per delivery: a slow or broken endpoint holds up no other
+        with session_scope(settings.database_url) as session:
+            delivery = session.get(WebhookDelivery, delivery_id, with_for_update={"skip_locked": True})
+            if delivery is not None and delivery.status == "pending":
+                attempt_delivery(session, delivery, settings.webhooks_allow_loopback)
+    return len(due)

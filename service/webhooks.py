@@ -128,8 +128,8 @@ def attempt_delivery(session: Session, delivery: WebhookDelivery, allow_loopback
         code = post(endpoint.url, body, headers, allow_loopback)
         delivery.last_status_code, delivery.last_error = code, None
         succeeded = 200 <= code < 300
-    except (OSError, ValueError) as exc:  # refused address, DNS, TLS, timeout
-        delivery.last_status_code, delivery.last_error, succeeded = None, str(exc)[:500], False
+    except Exception as exc:  # refused address, DNS, TLS, timeout: this delivery's failure, nobody else's
+        delivery.last_status_code, delivery.last_error, succeeded = None, f"{type(exc).__name__}: {exc}"[:500], False
     if succeeded:
         delivery.status, delivery.delivered_at = "succeeded", utcnow()
     elif delivery.attempts >= MAX_ATTEMPTS:
@@ -152,9 +152,11 @@ def post(url: str, body: bytes, headers: dict[str, str], allow_loopback: bool) -
     parts = urlsplit(url)
     pinned = parts._replace(netloc=f"{_bracketed(target.address)}:{target.port}").geturl()
     extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
-        response = client.post(pinned, content=body, headers={**headers, "host": parts.netloc}, extensions=extensions)
-    return response.status_code
+    with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:  # noqa: SIM117
+        with client.stream(
+            "POST", pinned, content=body, headers={**headers, "host": parts.netloc}, extensions=extensions
+        ) as response:
+            return response.status_code  # the body is never read: a receiver cannot make us download it
 
 
 class _Target:
@@ -178,10 +180,28 @@ def check_url(url: str, allow_loopback: bool) -> _Target:
         return _Target(str(sorted(addresses, key=str)[0]), port)
     if parts.scheme != "https":
         raise InvalidRequest(f"url: {url!r} must be https", "url")
-    for address in addresses:
-        if not address.is_global or address.is_multicast:
-            raise InvalidRequest(f"url: {parts.hostname} resolves to {address}, a non-public address", "url")
+    if not all(_public(address) for address in addresses):
+        raise InvalidRequest(f"url: {parts.hostname} resolves to a non-public address", "url")
     return _Target(str(sorted(addresses, key=str)[0]), port)
+
+
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally routable, not multicast, and no private IPv4 hidden inside an IPv6 form."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in SITE_LOCAL:
+            return False
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and (any(address in net for net in NAT64) or int(address) >> 32 == 0):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)  # NAT64 / IPv4-compatible
+        if embedded is not None and not _public(embedded):
+            return False
+    return True
 
 
 def _bracketed(address: str) -> str:

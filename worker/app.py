@@ -18,10 +18,16 @@ app = make_celery(get_settings().broker_url, name="fdamerge-worker")
 WEBHOOKS_EVERY_SECONDS = 5.0
 TICK_EVERY_SECONDS = 15.0  # cron has minute resolution: a run starts within 15 s of its fire time
 
+
+def _every(task: str, seconds: float) -> dict:
+    """A periodic task whose message expires with its interval: a stalled worker gets no backlog."""
+    return {"task": task, "schedule": seconds, "options": {"expires": seconds}}
+
+
 app.conf.beat_schedule = {
-    "reap-expired-leases": {"task": "fdamerge.reap", "schedule": REAP_EVERY_SECONDS},
-    "fire-due-schedules": {"task": "fdamerge.schedules", "schedule": TICK_EVERY_SECONDS},
-    "deliver-webhooks": {"task": "fdamerge.webhooks", "schedule": WEBHOOKS_EVERY_SECONDS},
+    "reap-expired-leases": _every("fdamerge.reap", REAP_EVERY_SECONDS),
+    "fire-due-schedules": _every("fdamerge.schedules", TICK_EVERY_SECONDS),
+    "deliver-webhooks": _every("fdamerge.webhooks", WEBHOOKS_EVERY_SECONDS),
 }
 app.conf.imports = ("worker.tasks",)
 

@@ -3,17 +3,18 @@
 A periodic tick takes the due schedules (`FOR UPDATE SKIP LOCKED` on PostgreSQL), advances each to
 its next fire time and inserts the job inside a savepoint. The unique (schedule_id, fire_time) on
 merge_jobs makes a second, concurrent tick's insert fail harmlessly, so a fire time never yields
-two jobs. Missed fire times (the service was down) collapse into one run at the latest of them.
+two jobs. Missed fire times (the service was down) collapse into one run, stamped with the first of them.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,15 +22,24 @@ from sqlalchemy.orm import Session
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_id
 from service.jobs import ACTIVE, JobRequest, insert_job
-from service.models import MergeJob, Schedule, utcnow
+from service.models import MergeJob, Schedule, Tenant, utcnow
+from service.submission import check_input_allowed
 
 OVERLAP = ("skip", "queue")
+log = logging.getLogger(__name__)
 
 
 def next_fire(cron: str, timezone: str, after: datetime) -> datetime:
-    """The first fire time strictly after `after`, read in the schedule's zone (DST included), in UTC."""
+    """The first fire time strictly after `after`, read in the schedule's zone, in UTC.
+
+    When clocks go back, a wall-clock time happens twice; it fires once (the first occurrence).
+    """
     local = after.astimezone(ZoneInfo(timezone))
-    return croniter(cron, local).get_next(datetime).astimezone(UTC)
+    times = croniter(cron, local)
+    candidate = times.get_next(datetime)
+    while candidate.replace(tzinfo=None) == local.replace(tzinfo=None):  # the repeated hour's second pass
+        candidate = times.get_next(datetime)
+    return candidate.astimezone(UTC)
 
 
 def check_timing(cron: str, timezone: str) -> None:
@@ -39,8 +49,12 @@ def check_timing(cron: str, timezone: str) -> None:
         raise InvalidRequest(
             f"timezone: {timezone!r} is not an IANA time zone (e.g. Europe/Paris)", "timezone"
         ) from None
-    if not croniter.is_valid(cron):
-        raise InvalidRequest(f"cron: {cron!r} is not a cron expression (e.g. '0 2 * * *')", "cron")
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise InvalidRequest(f"cron: {cron!r} is not a five-field cron expression (e.g. '0 2 * * *')", "cron")
+    try:
+        next_fire(cron, timezone, utcnow())
+    except (CroniterBadDateError, CroniterBadCronError):
+        raise InvalidRequest(f"cron: {cron!r} never fires (e.g. 31 February)", "cron") from None
 
 
 @dataclass(frozen=True)
@@ -119,20 +133,42 @@ def tick(session: Session, max_attempts: int, now: datetime | None = None) -> li
     )
     created = []
     for schedule in session.scalars(due).all():
-        fire_time = schedule.next_fire_at
-        assert fire_time is not None
-        schedule.next_fire_at = next_fire(schedule.cron, schedule.timezone, max(now, fire_time))
-        schedule.last_fire_at = fire_time
+        fire_time = _advance(schedule, now)  # outside the savepoint: a failing schedule still moves on
         if schedule.overlap == "skip" and _has_active_run(session, schedule.id):
             schedule.skipped += 1
             continue
         try:
-            with session.begin_nested():  # a concurrent tick that made this fire time's job wins; we skip
+            with session.begin_nested():
+                _check_still_allowed(session, schedule)
                 created.append(_job_for(session, schedule, fire_time, max_attempts).id)
         except IntegrityError:
-            continue
+            continue  # a concurrent tick made this fire time's job
+        except Exception:  # e.g. an input no longer on the tenant's allowlist: this schedule's alone
+            log.exception("schedule %s could not fire at %s", schedule.id, fire_time)
+            schedule.skipped += 1
     session.commit()
     return created
+
+
+def _advance(schedule: Schedule, now: datetime) -> datetime:
+    """The fire time due now; the schedule moves to its next one after `now` (missed ones collapse)."""
+    fire_time = schedule.next_fire_at
+    assert fire_time is not None
+    schedule.next_fire_at = next_fire(schedule.cron, schedule.timezone, max(now, fire_time))
+    schedule.last_fire_at = fire_time
+    return fire_time
+
+
+def _check_still_allowed(session: Session, schedule: Schedule) -> None:
+    """The tenant's allowlist may have shrunk since the schedule was made: inputs are checked at every fire."""
+    allowed = tuple(session.get_one(Tenant, schedule.tenant_id).allowed_prefixes)
+    config = schedule.template["config"]
+    inputs = [("base_model", config.get("base_model"))] + [
+        (f"models[{i}].model", m["model"]) for i, m in enumerate(config.get("models", []))
+    ]
+    for param, uri in inputs:
+        if uri:
+            check_input_allowed(uri, allowed, param)
 
 
 def _job_for(session: Session, schedule: Schedule, fire_time: datetime, max_attempts: int) -> MergeJob:

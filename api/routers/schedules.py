@@ -103,7 +103,7 @@ def read(schedule_id: str, principal: PrincipalDep, session: SessionDep) -> Sche
 @router.patch("/{schedule_id}", response_model=SchedulePublic)
 def change(schedule_id: str, body: ScheduleUpdate, principal: PrincipalDep, session: SessionDep) -> SchedulePublic:
     principal.require("schedules:write")
-    changes = body.model_dump(exclude_unset=True, exclude={"template"})
+    changes = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"template"})
     if body.template is not None:
         changes["template"] = _template(body.template, principal)
     return SchedulePublic.of(update_schedule(session, principal.tenant_id, schedule_id, **changes))

@@ -22,5 +22,5 @@ def database_url(request, tmp_path: Path) -> str:
         url = request.getfixturevalue("postgres_server").create_database(f"lifecycle{next(_databases)}")
     upgrade(url)
     with session_scope(url) as session:
-        session.add_all([Tenant(id="tn_a", name="a"), Tenant(id="tn_b", name="b")])
+        session.add_all([Tenant(id="tn_a", name="a", allowed_prefixes=["s3://b"]), Tenant(id="tn_b", name="b")])
     return url

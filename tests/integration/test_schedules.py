@@ -110,3 +110,30 @@ def test_trigger_runs_now_and_bad_timing_or_a_taken_name_is_refused(database_url
         make(database_url, name="bad", timezone="Mars/Olympus")
     with pytest.raises(Conflict):
         make(database_url)
+
+
+def test_a_daily_time_in_the_hour_that_repeats_fires_once() -> None:
+    first = next_fire("30 1 * * *", "America/New_York", datetime(2026, 10, 31, 12, tzinfo=UTC))
+    assert first == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # 01:30 EDT
+    assert next_fire("30 1 * * *", "America/New_York", first) == datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("cron", ["* * * * * *", "0 0 31 2 *", "0 2 * *"])
+def test_cron_expressions_must_have_five_fields_and_fire_some_day(database_url: str, cron: str) -> None:
+    with pytest.raises(InvalidRequest, match="cron"):
+        make(database_url, name="bad", cron=cron)
+
+
+def test_a_schedule_whose_inputs_left_the_allowlist_skips_and_others_still_fire(database_url: str) -> None:
+    blocked = make(
+        database_url, name="blocked", template={**TEMPLATE, "config": {**CONFIG, "base_model": "s3://gone/base"}}
+    )
+    fine = make(database_url, name="fine")
+    fire = datetime(2026, 1, 1, 2, tzinfo=UTC)
+    for schedule_id in (blocked, fine):
+        make_due(database_url, schedule_id, fire)
+    with session_scope(database_url) as session:
+        tick(session, max_attempts=3)
+        assert session.get_one(Schedule, blocked).skipped == 1
+        assert session.get_one(Schedule, blocked).next_fire_at > datetime.now(UTC)  # moved on, not stuck
+    assert jobs_of(database_url, blocked) == [] and len(jobs_of(database_url, fine)) == 1

@@ -164,16 +164,20 @@ class Client:
     def stream_events(self, job_id: str, after: int | None = None) -> Iterator[Event]:
         """Events as they happen (server-sent events), until the job ends."""
         params: dict[str, str | int] = {"stream": "true", **({"after": after} if after is not None else {})}
-        with self.http.stream("GET", f"/v1/merge-jobs/{job_id}/events", params=params, timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise _problem(response)
-            kind = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: ") and kind != "end":
-                    yield Event.of(json.loads(line[6:]))
+        timeout = httpx.Timeout(10.0, read=None)  # connecting is bounded; a quiet job may not speak for hours
+        try:
+            with self.http.stream("GET", f"/v1/merge-jobs/{job_id}/events", params=params, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _problem(response)
+                kind = None
+                for line in response.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind != "end":
+                        yield Event.of(json.loads(line[6:]))
+        except httpx.TransportError as exc:
+            raise Unreachable(f"{self.http.base_url}: {exc}") from None
 
     def create_key(self, scopes: list[str] | None = None) -> dict[str, Any]:
         """A new key for your tenant (admin scope); the plaintext is in `key`, shown this once."""
@@ -198,11 +202,13 @@ class Client:
 
     @staticmethod
     def _retrying(call, attempts: int = 5, pause: float = 2.0):
+        """Unreachable servers, gateway errors and 409 (an idempotent request still in flight) are retried."""
         for attempt in range(attempts):
             try:
                 return call()
-            except Unreachable:
-                if attempt == attempts - 1:
+            except (Unreachable, ApiError) as exc:
+                transient = isinstance(exc, Unreachable) or exc.status in (409, 502, 503, 504)
+                if not transient or attempt == attempts - 1:
                     raise
                 time.sleep(pause)
 

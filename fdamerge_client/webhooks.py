@@ -33,6 +33,9 @@ def verify(
         return False
     if abs((now if now is not None else time.time()) - timestamp) > tolerance:
         return False
-    expected = signature(secret, message_id, timestamp, body)
+    try:
+        expected = signature(secret, message_id, timestamp, body).encode()
+    except ValueError:  # not a whsec_ secret
+        return False
     offered = [part.split(",", 1)[1] for part in lower.get("webhook-signature", "").split() if part.startswith("v1,")]
-    return any(hmac.compare_digest(expected, candidate) for candidate in offered)
+    return any(hmac.compare_digest(expected, candidate.encode("utf-8", "replace")) for candidate in offered)

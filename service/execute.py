@@ -127,6 +127,8 @@ def execute_job(job_id: str, settings: Settings, worker_id: str | None = None) -
         if job is None:
             return "not_claimed"  # running elsewhere, finished, or cancelled: a duplicate delivery
         config, base, attempt, tenant = job.config, output_base(job), job.attempt, job.tenant_id
+    for counter in checkpoint_cache.stats:  # this job's own cache figures, even in a reused process
+        checkpoint_cache.stats[counter] = 0
     with logging_job(job_id, tenant, attempt):
         log.info("claimed by %s", worker_id)
         outcome = _execute_claimed(settings, job_id, worker_id, config, base, attempt)

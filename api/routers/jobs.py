@@ -10,8 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 
 from api.deps import DispatcherDep, PrincipalDep, SessionDep, SettingsDep
 from api.schemas import ArtifactPublic, JobEventPublic, MergeJobCreate, MergeJobPublic, Page
@@ -156,7 +156,9 @@ def merge_job_artifacts(job_id: str, principal: PrincipalDep, session: SessionDe
 
 
 @router.get("/{job_id}/artifacts/{path:path}", response_class=Response, responses={307: {}, 200: {}})
-def download_artifact(job_id: str, path: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep):
+def download_artifact(
+    job_id: str, path: str, request: Request, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+):
     """The artifact's bytes: a redirect to a presigned URL on S3, streamed from local storage."""
     principal.require("jobs:read")
     get_job(session, principal.tenant_id, job_id)
@@ -165,7 +167,10 @@ def download_artifact(job_id: str, path: str, principal: PrincipalDep, session: 
         raise NotFound(f"job {job_id} has no artifact {path!r}")
     if found.uri.startswith("s3://"):
         endpoint = settings.s3_public_endpoint_url or settings.s3_endpoint_url
-        return RedirectResponse(presigned_get(found.uri, endpoint, settings.s3_region), 307)
+        url = presigned_get(found.uri, endpoint, settings.s3_region)
+        if "application/json" in request.headers.get("accept", ""):  # browsers: navigate, no CORS on the bucket
+            return JSONResponse({"url": url})
+        return RedirectResponse(url, 307)
     return FileResponse(found.uri, filename=Path(found.path).name, media_type="application/octet-stream")
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from api.deps import PrincipalDep, SessionDep
 from service.auth import DEFAULT_SCOPES, create_api_key, list_keys, revoke_key
@@ -16,8 +16,8 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 
 class KeyCreate(BaseModel):
-    scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
-    expires_at: datetime | None = None
+    scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES), min_length=1)
+    expires_at: AwareDatetime | None = None
 
 
 class KeyPublic(BaseModel):

@@ -160,6 +160,10 @@ def test_an_fda_job_posted_over_http_runs_on_a_celery_worker_and_its_s3_output_l
     )
     assert redirect.status_code == 307
     content = httpx.get(redirect.headers["location"]).content  # a presigned URL: no key needed
+    as_json = stack.client.get(
+        weights["download"], headers={"Authorization": f"Bearer {stack.key}", "Accept": "application/json"}
+    )
+    assert httpx.get(as_json.json()["url"]).content == content  # what the dashboard navigates to
     assert hashlib.sha256(content).hexdigest() == weights["sha256"] and len(content) == weights["size"]
     phases = {e["data"].get("phase") for e in stack.get(f"{job_id}/events?limit=100")["data"]}
     assert {"validate", "construct", "adapt"} <= phases

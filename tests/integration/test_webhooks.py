@@ -123,6 +123,10 @@ def test_another_tenant_hears_nothing(stack: Stack) -> None:
         ("https://10.1.2.3/hook", False),  # private
         ("https://169.254.169.254/latest/meta-data", False),  # link-local metadata service
         ("https://[::1]/hook", False),
+        ("https://[64:ff9b::a9fe:a9fe]/x", False),  # NAT64 of the metadata address
+        ("https://[::ffff:10.0.0.1]/x", False),  # IPv4-mapped private
+        ("https://[2002:0a00:0001::1]/x", False),  # 6to4 of 10.0.0.1
+        ("https://[fec0::1]/x", False),  # site-local
         ("http://10.1.2.3/hook", True),  # the switch admits loopback only
         ("ftp://example.com/x", True),
     ],

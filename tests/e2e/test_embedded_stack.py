@@ -99,3 +99,35 @@ def stop_group(process: subprocess.Popen) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from service.db import session_scope
+    from service.models import MergeJob, Schedule
+
+    base, experts = llama
+    port = free_port()
+    process, key = start_up(tmp_path, port)
+    try:
+        template = {"method": "linear", "base_model": str(base), "models": [{"model": str(e)} for e in experts]}
+        with Client(f"http://127.0.0.1:{port}", key) as client:
+            schedule = client.create_schedule("soon", "0 2 * * *", template)
+            fire = datetime.now(UTC) + timedelta(seconds=3)
+            database = f"sqlite:///{tmp_path / 'var' / 'fdamerge.db'}"
+            with session_scope(database) as session:  # due in 3 s instead of at 02:00
+                session.execute(update(Schedule).where(Schedule.id == schedule["id"]).values(next_fire_at=fire))
+            deadline = time.monotonic() + 90
+            while not client.schedule(schedule["id"])["recent_runs"] and time.monotonic() < deadline:
+                time.sleep(1)
+            [run] = client.schedule(schedule["id"])["recent_runs"]
+            assert client.wait(run["id"], timeout=120, poll=0.5).status == "succeeded"
+        with session_scope(database) as session:
+            job = session.get_one(MergeJob, run["id"])
+        assert abs((job.fire_time - fire).total_seconds()) < 0.01
+        assert timedelta(0) <= job.created_at - fire < timedelta(seconds=20)  # the 15 s tick, plus start-up
+    finally:
+        stop_group(process)

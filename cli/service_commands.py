@@ -10,6 +10,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 
 WORKER = ["-A", "worker.app", "worker", "--loglevel", "INFO"]
 
@@ -84,13 +85,36 @@ def run_up(args: argparse.Namespace) -> int:
     with session_scope(settings.database_url) as session:
         tenant = ensure_tenant(session, "local", ["/", "s3://"])  # a laptop: local folders and any bucket
         key = create_api_key(session, tenant, ["jobs:read", "jobs:write", "admin"])
-    workers = [subprocess.Popen(worker_command()), subprocess.Popen(beat_command())]
+    workers = Supervisor([worker_command(), beat_command()])
     url = f"http://{args.host}:{args.port}"
     print(f"fda-merge is up: {url} (API docs at {url}/docs)\nAPI key (shown once): {key}", flush=True)
     try:
         return run_api(args)
     finally:
-        stop_all(workers)
+        workers.stop()
+
+
+class Supervisor(threading.Thread):
+    """Starts the embedded workers and restarts any that exits (a crashed worker loses no job: leases)."""
+
+    def __init__(self, commands: list[list[str]], poll: float = 2.0) -> None:
+        super().__init__(daemon=True, name="supervisor")
+        self.commands, self.poll = commands, poll
+        self.processes = [subprocess.Popen(command) for command in commands]
+        self.stopping = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.poll):
+            for index, process in enumerate(self.processes):
+                if process.poll() is not None and not self.stopping.is_set():
+                    print(f"fdamerge up: worker exited ({process.returncode}); restarting it", flush=True)
+                    self.processes[index] = subprocess.Popen(self.commands[index])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+        stop_all(self.processes)
 
 
 def stop_all(processes: list[subprocess.Popen], grace: float = 20.0) -> None:

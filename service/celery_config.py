@@ -20,6 +20,8 @@ JOB_TIME_LIMIT = 24 * 3600  # a merge that runs a day is stuck: soft limit first
 
 def make_celery(broker_url: str, name: str = "fdamerge") -> Celery:
     app = Celery(name, broker=broker_url)
+    if broker_url.startswith("filesystem://"):
+        app.conf.broker_transport = "service.broker:AtomicFilesystemTransport"
     app.conf.update(
         task_soft_time_limit=JOB_TIME_LIMIT - 600,
         task_time_limit=JOB_TIME_LIMIT,

@@ -131,3 +131,31 @@ def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Pat
         assert timedelta(0) <= job.created_at - fire < timedelta(seconds=20)  # the 15 s tick, plus start-up
     finally:
         stop_group(process)
+
+
+def test_fdamerge_up_restarts_a_worker_that_dies(tmp_path: Path) -> None:
+    import psutil
+
+    port = free_port()
+    process, _ = start_up(tmp_path, port)
+    try:
+
+        def merge_workers() -> list:
+            found = []
+            for child in psutil.Process(process.pid).children():
+                try:
+                    if "merge@" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                        found.append(child)
+                except psutil.Error:  # gone, or a zombie not yet reaped by the supervisor
+                    continue
+            return found
+
+        [first] = merge_workers()
+        first.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and [p.pid for p in merge_workers()] in ([], [first.pid]):
+            time.sleep(0.5)
+        [second] = merge_workers()
+        assert second.pid != first.pid and "restarting" in (tmp_path / "up.log").read_text()
+    finally:
+        stop_group(process)

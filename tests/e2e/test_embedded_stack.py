@@ -128,7 +128,7 @@ def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Pat
         with session_scope(database) as session:
             job = session.get_one(MergeJob, run["id"])
         assert abs((job.fire_time - fire).total_seconds()) < 0.01
-        assert timedelta(0) <= job.created_at - fire < timedelta(seconds=20)  # the 15 s tick, plus start-up
+        assert timedelta(0) <= job.created_at - fire < timedelta(seconds=60)  # within cron's resolution (tick: 15 s)
     finally:
         stop_group(process)
 

@@ -92,6 +92,11 @@ def _digest(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
+def key_of(session: Session, plaintext: str) -> ApiKey:
+    """The stored row of a key just created (found by its lookup prefix)."""
+    return session.scalars(select(ApiKey).where(ApiKey.lookup == plaintext.split("_")[1])).one()
+
+
 def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)))
 

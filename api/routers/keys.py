@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, Field
 
 from api.deps import PrincipalDep, SessionDep
-from service.auth import DEFAULT_SCOPES, create_api_key, list_keys, revoke_key
+from service.auth import DEFAULT_SCOPES, create_api_key, key_of, list_keys, revoke_key
+from service.errors import InvalidRequest
 from service.models import ApiKey, Tenant
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
@@ -44,12 +45,9 @@ def create(body: KeyCreate, principal: PrincipalDep, session: SessionDep) -> Key
     try:
         plaintext = create_api_key(session, session.get_one(Tenant, principal.tenant_id), body.scopes, body.expires_at)
     except ValueError as exc:
-        from service.errors import InvalidRequest
-
         raise InvalidRequest(str(exc), "scopes") from None
     session.commit()
-    created = next(k for k in list_keys(session, principal.tenant_id) if plaintext.split("_")[1] == k.lookup)
-    return KeyPublic.of(created, plaintext)
+    return KeyPublic.of(key_of(session, plaintext), plaintext)
 
 
 @router.get("")

@@ -14,6 +14,17 @@ from tests.e2e.test_embedded_stack import start_up, stop_group
 from tests.support.services import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# A slow network: the jobs list answers 1.5 s late, so it arrives after the user has moved on to the
+# submit form. A page that rendered stale data would replace the form (seen in CI, where the test then
+# submitted the form's placeholder config).
+SLOW_JOBS_LIST = """
+const realFetch = window.fetch;
+window.fetch = async (url, options) => {
+  const response = await realFetch(url, options);
+  if (String(url).startsWith("/v1/merge-jobs?limit")) await new Promise((done) => setTimeout(done, 1500));
+  return response;
+};
+"""
 SHOTS = Path(os.environ.get("FDA_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "var" / "test-artifacts"))
 
 
@@ -35,12 +46,15 @@ def test_submit_watch_and_plot_a_job_in_the_browser(llama, tmp_path: Path) -> No
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.add_init_script(SLOW_JOBS_LIST)
             page.goto(f"http://127.0.0.1:{port}/dashboard")
             expect(page.locator("#need-key")).to_be_visible()
             page.fill("#key", key)
             page.click("#save-key")
             page.goto(f"http://127.0.0.1:{port}/dashboard#/submit")
             page.fill("#config", json.dumps(config, indent=2))
+            page.wait_for_timeout(2000)  # the late jobs list arrives meanwhile, and must not replace the form
+            assert json.loads(page.input_value("#config")) == config
             page.click("#submit")
             page.wait_for_url("**/dashboard#/jobs/mj_*")
             expect(page.locator("h2 .status")).to_have_text("succeeded", timeout=120_000)

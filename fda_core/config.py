@@ -45,6 +45,12 @@ class MergeConfig(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict, description="Method parameters")
     dtype: DTypeName | None = Field(None, description="Output dtype of floating tensors; default: the base's")
     seed: int = Field(0, ge=0, description="Seeds every random choice (DARE masks); same seed, same output")
+    layers: int | None = Field(
+        None,
+        ge=1,
+        description="How many layers the config covers (a mergekit slice's layer_range end); a base model"
+        " with another count is refused rather than merged in full",
+    )
 
     @model_validator(mode="after")
     def _fits_method(self) -> MergeConfig:

@@ -56,6 +56,7 @@ def from_mergekit(doc: dict[str, Any], where: str = "config") -> dict[str, Any]:
         "models": models,
         "parameters": _parameters(method, doc.get("parameters") or {}),
         "dtype": doc.get("out_dtype") or doc.get("dtype"),
+        "layers": _slice_end(doc),
     }
 
 
@@ -79,6 +80,13 @@ def _inputs_from_slices(slices: list[dict[str, Any]], where: str) -> list[dict[s
             f"{where}: slice sources must all take the same layer_range starting at 0, got {sorted(ranges)}"
         )
     return [{"model": _reference(s, where), "parameters": _drop(s.get("parameters") or {})} for s in sources]
+
+
+def _slice_end(doc: dict[str, Any]) -> int | None:
+    """The end of the (single, checked) slice's layer_range: the layer count the file expects."""
+    sources = (doc.get("slices") or [{}])[0].get("sources") or []
+    layer_range = sources[0].get("layer_range") if sources else None
+    return int(layer_range[1]) if layer_range and len(layer_range) == 2 else None
 
 
 def _reference(entry: Any, where: str) -> str:

@@ -74,7 +74,9 @@ def build_plan(config: MergeConfig, max_shard_bytes: int) -> MergePlan:
     names = _read_order(reference)
     blocks = _fda_blocks(fda, reference, names) if fda else []
     names = _blocks_first(blocks, names)
-    resolver = ParameterResolver(tensor_config, method, num_layers_of(reference.config, names))
+    layer_count = num_layers_of(reference.config, names)
+    _check_layer_count(config, reference, layer_count)
+    resolver = ParameterResolver(tensor_config, method, layer_count)
     tasks = [_task(reference, name, resolver, config) for name in names]
     shards = plan_shards([t.output for t in tasks], max_shard_bytes)
     return MergePlan(config, method, base, experts, tasks, shards, fda, blocks)
@@ -88,6 +90,15 @@ def _methods(config: MergeConfig) -> tuple[MergeMethod, FdaParams | None, MergeC
     fda = FdaParams.model_validate(config.parameters)
     init_config = config.model_copy(update={"parameters": fda.resolved_init_parameters()})
     return get_method(fda.init), fda, init_config
+
+
+def _check_layer_count(config: MergeConfig, reference: CheckpointLayout, layer_count: int) -> None:
+    if config.layers is not None and config.layers != layer_count:
+        raise ConfigError(
+            f"layers: the config covers {config.layers} layers (a mergekit slice's layer_range [0, {config.layers}]),"
+            f" {reference.uri} has {layer_count}; give layer_range [0, {layer_count}] (merging a subset of layers"
+            " is not supported)"
+        )
 
 
 def _fda_blocks(fda: FdaParams, reference: CheckpointLayout, names: list[str]) -> list[Block]:

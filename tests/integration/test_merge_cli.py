@@ -119,3 +119,20 @@ dtype: float32
     provenance = json.loads((tmp_path / "out" / "merge_provenance.json").read_text())
     assert provenance["config"]["parameters"] == {"normalize": False, "rescale": "l1"}
     assert [m["model"] for m in provenance["config"]["models"]] == [str(e) for e in experts]
+
+
+def test_a_mergekit_slice_over_other_layers_than_the_model_has_is_refused_before_any_merge(
+    llama, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, experts = llama
+    layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
+    slices = "\n".join(f"      - model: {m}\n        layer_range: [0, {layers + 1}]" for m in (base, *experts))
+    (tmp_path / "mk.yaml").write_text(
+        f"merge_method: task_arithmetic\nbase_model: {base}\nslices:\n  - sources:\n{slices}\n"
+    )
+    assert fdamerge(["merge", str(tmp_path / "mk.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) != 0
+    error = capsys.readouterr().err
+    assert f"covers {layers + 1} layers" in error and f"has {layers}; give layer_range [0, {layers}]" in error
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "mk.yaml").write_text((tmp_path / "mk.yaml").read_text().replace(f"{layers + 1}]", f"{layers}]"))
+    assert fdamerge(["merge", str(tmp_path / "mk.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0

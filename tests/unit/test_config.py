@@ -22,6 +22,7 @@ def test_mergekit_slerp_with_slices_becomes_base_plus_one_model() -> None:
     config = parse_config(from_mergekit(doc))
     assert (config.method, config.base_model, [m.model for m in config.models]) == ("slerp", "a", ["b"])
     assert config.dtype == "bfloat16" and config.parameters["t"][1] == {"value": 0.5}
+    assert config.layers == 32  # checked against the base's layer count when the plan is built
 
 
 def test_mergekit_linear_averages_the_base_in_as_mergekit_does() -> None:

@@ -138,15 +138,46 @@ def construct_anchors(
             stopped = True
             break
         optimiser.zero_grad(set_to_none=True)
-        losses, grads = _loss_and_backward(block, theta0, experts, taus, active, anchors, settings)
-        gaps = losses.cpu() / pairs.cpu()
-        tracker.record(step, gaps, anchors, per_tensor_cosines(grads, taus))
+        live = [i for i, done in enumerate(tracker.done) if not done]
+        losses, live_cosines = _step_live_tasks(block, theta0, experts, taus, active, anchors, settings, live)
+        gaps = tracker.best.clone()  # a plateaued task repeats its best
+        gaps[live] = losses / pairs.cpu()[live]
+        cosines = {name: value.clone() for name, value in tracker.cosines.items()}
+        for name, value in live_cosines.items():
+            cosines[name][live] = value.to(cosines[name].device)
+        tracker.record(step, gaps, anchors, cosines)
         if on_step is not None:
             on_step(step, gaps.tolist())
         optimiser.step()
     return ConstructionResult(
         tracker.anchors, tracker.best, tracker.cosines, active, tracker.steps, tracker.history, stopped
     )
+
+
+def _step_live_tasks(
+    block: BlockFn,
+    theta0: Params,
+    experts: list[Params],
+    taus: dict[str, torch.Tensor],
+    active: dict[str, torch.Tensor],
+    anchors: torch.Tensor,
+    settings: ConstructionSettings,
+    live: list[int],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step of the `live` tasks only: their losses (len(live),) and per-tensor cosines.
+
+    A task that has plateaued leaves the pass (its gradient rows stay zero; its best anchors are
+    already kept), so the remaining tasks' steps cost what they would alone — and their anchors
+    are unchanged, since tasks are independent (see _Tracker).
+    """
+    if len(live) < anchors.shape[0]:
+        index = torch.tensor(live, device=anchors.device)
+        experts = [experts[i] for i in live]
+        taus = {name: value[index] for name, value in taus.items()}
+        active = {name: value[index] for name, value in active.items()}
+        anchors = anchors[index]  # differentiable: the backward lands in the live rows of the leaf
+    losses, grads = _loss_and_backward(block, theta0, experts, taus, active, anchors, settings)
+    return losses.cpu(), per_tensor_cosines(grads, taus)
 
 
 def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:

@@ -199,3 +199,23 @@ def test_coefficients_can_start_from_a_value_per_tensor() -> None:
     )
     torch.testing.assert_close(start.params["weight"], theta0["weight"] + 0.3 * tau["weight"])
     torch.testing.assert_close(start.params["bias"], theta0["bias"] + 0.7 * tau["bias"])
+
+
+def test_a_task_that_has_plateaued_leaves_the_batched_pass() -> None:
+    block, theta0, experts, taus = setup(d_in=6, d_out=5, tasks=3, bias=True)
+    initial = torch.stack([0.01 * torch.randn(4, 6, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)])
+    calls = 0
+
+    def counting_block(params, x):
+        nonlocal calls
+        calls += 1
+        return block(params, x)
+
+    settings = ConstructionSettings(steps=300, patience=20, tolerance=1e-3)
+    result = construct_anchors(counting_block, theta0, experts, taus, initial, settings)
+    assert len(set(result.steps)) > 1, "the tasks plateau at different steps"
+    # two block calls (θ0 and the expert) per task per pass: the first and probe passes, then one
+    # pass per step a task ran — not per step the slowest task ran
+    assert calls == 2 * 3 * 2 + 2 * sum(result.steps)
+    plain = construct_anchors(block, theta0, experts, taus, initial, settings)
+    torch.testing.assert_close(result.anchors, plain.anchors)

@@ -12,7 +12,8 @@ from service.models import Artifact, JobEvent, MergeJob
 
 
 class MergeJobCreate(MergeConfig):
-    """An fda_core merge config (method, base_model, models, parameters, dtype, seed) plus where and what for."""
+    """An fda_core merge config (method, base_model, models, parameters, dtype, seed, layers) plus where and
+    what for."""
 
     output: str | None = Field(
         None, max_length=512, description="Prefix under the service's storage; default: the job id"

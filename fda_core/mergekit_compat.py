@@ -75,9 +75,10 @@ def _inputs_from_slices(slices: list[dict[str, Any]], where: str) -> list[dict[s
         raise ConfigError(f"{where}: {len(slices)} slices (layer stacking) are not supported; use one slice or models")
     sources = slices[0].get("sources") or []
     ranges = {tuple(source.get("layer_range") or ()) for source in sources}
-    if len(ranges) != 1 or next(iter(ranges))[:1] != (0,):
+    only = next(iter(ranges)) if len(ranges) == 1 else ()
+    if len(only) != 2 or only[0] != 0 or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
         raise ConfigError(
-            f"{where}: slice sources must all take the same layer_range starting at 0, got {sorted(ranges)}"
+            f"{where}: slice sources must all take the same layer_range [0, layers], got {sorted(ranges)}"
         )
     return [{"model": _reference(s, where), "parameters": _drop(s.get("parameters") or {})} for s in sources]
 
@@ -85,8 +86,7 @@ def _inputs_from_slices(slices: list[dict[str, Any]], where: str) -> list[dict[s
 def _slice_end(doc: dict[str, Any]) -> int | None:
     """The end of the (single, checked) slice's layer_range: the layer count the file expects."""
     sources = (doc.get("slices") or [{}])[0].get("sources") or []
-    layer_range = sources[0].get("layer_range") if sources else None
-    return int(layer_range[1]) if layer_range and len(layer_range) == 2 else None
+    return int(sources[0]["layer_range"][1]) if sources else None
 
 
 def _reference(entry: Any, where: str) -> str:

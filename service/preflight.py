@@ -28,7 +28,10 @@ def preflight(config: MergeConfig, settings: Settings) -> None:
 
 def _input_named(config: MergeConfig, message: str) -> str | None:
     """The request field of the input the message blames: an expert before the base (a mismatch names
-    both, and the base is the reference), the longest URI first (…/a-2 before …/a)."""
+    both, and the base is the reference), the longest URI first (…/a-2 before …/a); a plan error that
+    names a config field (`layers: …`) blames that field."""
+    if message.startswith("layers:"):
+        return "layers"
     experts = sorted(((f"models[{i}].model", m.model) for i, m in enumerate(config.models)), key=lambda p: -len(p[1]))
     base = [("base_model", config.base_model)] if config.base_model else []
     return next((param for param, uri in [*experts, *base] if uri in message), None)

@@ -168,15 +168,16 @@ def _step_live_tasks(
 
     A task that has plateaued leaves the pass (its gradient rows stay zero; its best anchors are
     already kept), so the remaining tasks' steps cost what they would alone — and their anchors
-    are unchanged, since tasks are independent (see _Tracker).
+    are unchanged, since tasks are independent (see _Tracker). In the history and the progress
+    callback a finished task repeats its best loss.
     """
+    rows = None
     if len(live) < anchors.shape[0]:
-        index = torch.tensor(live, device=anchors.device)
+        rows = torch.tensor(live, device=anchors.device)
         experts = [experts[i] for i in live]
-        taus = {name: value[index] for name, value in taus.items()}
-        active = {name: value[index] for name, value in active.items()}
-        anchors = anchors[index]  # differentiable: the backward lands in the live rows of the leaf
-    losses, grads = _loss_and_backward(block, theta0, experts, taus, active, anchors, settings)
+        taus = {name: value[rows] for name, value in taus.items()}
+        active = {name: value[rows] for name, value in active.items()}
+    losses, grads = _loss_and_backward(block, theta0, experts, taus, active, anchors, settings, rows)
     return losses.cpu(), per_tensor_cosines(grads, taus)
 
 
@@ -209,23 +210,39 @@ def _loss_and_backward(
     active: dict[str, torch.Tensor],
     anchors: torch.Tensor,
     settings: ConstructionSettings,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-task L (N,) and ∂ΣL/∂X accumulated into anchors.grad; exact whether or not the pass is chunked."""
+    """Per-task L and ∂ΣL/∂X accumulated into anchors.grad; exact whether or not the pass is chunked.
+
+    With `rows`, only those tasks' anchors take part; each graph indexes the leaf afresh (an index
+    node's saved indices are freed by the first backward through it), so the gradient lands in
+    those rows of anchors.grad.
+    """
+
+    def taking_part() -> torch.Tensor:
+        return anchors if rows is None else anchors[rows]
+
     n = anchors.shape[1]
     chunks = _chunks(n, settings.chunk_size)
     if len(chunks) == 1:
-        grads = similarity_gradients(block, theta0, experts, anchors, create_graph=True, kind=settings.similarity)
+        grads = similarity_gradients(block, theta0, experts, taking_part(), create_graph=True, kind=settings.similarity)
         loss = alignment_loss(grads, taus, active)
         loss.sum().backward()
         return loss.detach(), {k: v.detach() for k, v in grads.items()}
-    total = _gradients(block, theta0, experts, anchors.detach(), settings)
+    total = _gradients(block, theta0, experts, taking_part().detach(), settings)
     leaves = {k: v.requires_grad_(True) for k, v in total.items()}
     loss = alignment_loss(leaves, taus, active)
     directions = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values()))))  # v = ∂L/∂g
     for start, end in chunks:
         weight = (end - start) / n
         part = similarity_gradients(
-            block, theta0, experts, anchors[:, start:end], create_graph=True, weight=weight, kind=settings.similarity
+            block,
+            theta0,
+            experts,
+            taking_part()[:, start:end],
+            create_graph=True,
+            weight=weight,
+            kind=settings.similarity,
         )
         inner = sum((part[k] * directions[k]).sum() for k in part)
         inner.backward()  # type: ignore[union-attr]

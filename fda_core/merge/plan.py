@@ -19,7 +19,7 @@ from fda_core.errors import ConfigError
 from fda_core.fda.blocks import Block, discover_blocks
 from fda_core.fda.settings import FdaParams
 from fda_core.merge.params import ParameterResolver
-from fda_core.merge.settings import num_layers_of
+from fda_core.merge.settings import layer_count_source, num_layers_of
 from fda_core.methods import get_method
 from fda_core.methods.base import MergeMethod, ModelParams, Params
 
@@ -95,9 +95,9 @@ def _methods(config: MergeConfig) -> tuple[MergeMethod, FdaParams | None, MergeC
 def _check_layer_count(config: MergeConfig, reference: CheckpointLayout, layer_count: int) -> None:
     if config.layers is not None and config.layers != layer_count:
         raise ConfigError(
-            f"layers: the config covers {config.layers} layers (a mergekit slice's layer_range [0, {config.layers}]),"
-            f" {reference.uri} has {layer_count}; give layer_range [0, {layer_count}] (merging a subset of layers"
-            " is not supported)"
+            f"layers: the config covers {config.layers} layers (a mergekit slice's layer_range"
+            f" [0, {config.layers}]), {reference.uri} has {layer_count} ({layer_count_source(reference.config)});"
+            f" give layer_range [0, {layer_count}] (merging a subset of layers is not supported)"
         )
 
 

@@ -65,10 +65,23 @@ def _gradient(values: list[Any], t: float) -> Any:
     return (1 - fraction) * values[low] + fraction * values[high]
 
 
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
 def num_layers_of(config: dict | None, tensor_names: list[str]) -> int:
     """Layer count from config.json, else from the largest layer index in the tensor names."""
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if config and isinstance(config.get(key), int):
-            return int(config[key])
+    key = layer_count_key(config)
+    if key is not None:
+        return int(config[key])  # type: ignore[index]
     indices = [i for i in (layer_index(n) for n in tensor_names) if i is not None]
     return max(indices) + 1 if indices else 1
+
+
+def layer_count_key(config: dict | None) -> str | None:
+    """The config.json key num_layers_of reads, if there is one."""
+    return next((k for k in LAYER_COUNT_KEYS if config and isinstance(config.get(k), int)), None)
+
+
+def layer_count_source(config: dict | None) -> str:
+    key = layer_count_key(config)
+    return f"config.json {key}" if key else "counted from its tensor names"

@@ -21,7 +21,10 @@ SLOW_JOBS_LIST = """
 const realFetch = window.fetch;
 window.fetch = async (url, options) => {
   const response = await realFetch(url, options);
-  if (String(url).startsWith("/v1/merge-jobs?limit")) await new Promise((done) => setTimeout(done, 1500));
+  if (String(url).startsWith("/v1/merge-jobs?limit")) {
+    await new Promise((done) => setTimeout(done, 1500));
+    window.lateListsDelivered = (window.lateListsDelivered || 0) + 1;
+  }
   return response;
 };
 """
@@ -53,7 +56,8 @@ def test_submit_watch_and_plot_a_job_in_the_browser(llama, tmp_path: Path) -> No
             page.click("#save-key")
             page.goto(f"http://127.0.0.1:{port}/dashboard#/submit")
             page.fill("#config", json.dumps(config, indent=2))
-            page.wait_for_timeout(2000)  # the late jobs list arrives meanwhile, and must not replace the form
+            page.wait_for_function("window.lateListsDelivered >= 1")  # it must not replace the form …
+            page.wait_for_timeout(500)  # … once parsed and rendered (microseconds after delivery)
             assert json.loads(page.input_value("#config")) == config
             page.click("#submit")
             page.wait_for_url("**/dashboard#/jobs/mj_*")

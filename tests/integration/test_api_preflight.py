@@ -74,3 +74,14 @@ def test_good_inputs_pass_preflight_without_downloading_tensors(api) -> None:
     )  # fmt: skip
     assert answer.status_code == 202, answer.text
     assert len(dispatcher.enqueued) == 1 and not list(cache.rglob("*.safetensors"))
+
+
+def test_a_layer_count_the_base_does_not_have_answers_422_naming_layers(api) -> None:
+    client, key, uris, dispatcher, _ = api
+    answer = client.post(
+        "/v1/merge-jobs", json={**body(uris, "llama-base", ["llama-expert0", "llama-expert1"]), "layers": 99},
+        headers={"Authorization": f"Bearer {key}"},
+    )  # fmt: skip
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["param"] == "layers" and "covers 99 layers" in answer.json()["detail"]
+    assert dispatcher.enqueued == []

@@ -132,7 +132,10 @@ def test_a_mergekit_slice_over_other_layers_than_the_model_has_is_refused_before
     )
     assert fdamerge(["merge", str(tmp_path / "mk.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) != 0
     error = capsys.readouterr().err
-    assert f"covers {layers + 1} layers" in error and f"has {layers}; give layer_range [0, {layers}]" in error
+    assert (
+        f"covers {layers + 1} layers" in error
+        and f"has {layers} (config.json num_hidden_layers); give layer_range [0, {layers}]" in error
+    )
     assert not (tmp_path / "out").exists()
     (tmp_path / "mk.yaml").write_text((tmp_path / "mk.yaml").read_text().replace(f"{layers + 1}]", f"{layers}]"))
     assert fdamerge(["merge", str(tmp_path / "mk.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0

@@ -53,6 +53,8 @@ def test_mergekit_dare_rescale_means_l1_norm_matching() -> None:
         ({"models": [{"model": "org/model+lora"}]}, "LoRA references"),
         ({"merge_method_options": {}}, "mergekit option 'merge_method_options' is not supported"),
         ({"models": ["./a", "./b"]}, "every models entry is a mapping with a model key"),
+        ({"slices": [{"sources": [{"model": "b", "layer_range": [0]}]}]}, "must all take the same layer_range"),
+        ({"slices": [{"sources": [{"model": "b", "layer_range": [0, "x"]}]}]}, "must all take the same layer_range"),
     ],
 )
 def test_mergekit_features_we_lack_fail_loudly(doc: dict, message: str) -> None:

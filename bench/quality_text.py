@@ -74,9 +74,14 @@ def embed_all(model, tok, texts: list[str]) -> torch.Tensor:
     return torch.cat([embed(model, tok, texts[i : i + 128]) for i in range(0, len(texts), 128)])
 
 
+def run_tag(train: int, seed: int) -> str:
+    """Cache names: the default training size keeps the short name."""
+    return f"seed{seed}" if train == 1000 else f"train{train}-seed{seed}"
+
+
 def fine_tune(task: TextTask, tok, seed: int) -> tuple[Path, Path]:
     """Probe then full fine-tune; returns (encoder folder, head file), cached."""
-    folder = CACHE / f"expert-{task.name}-seed{seed}"
+    folder = CACHE / f"expert-{task.name}-{run_tag(len(task.texts), seed)}"
     head_file = folder / "head.safetensors"
     if head_file.exists():
         return folder, head_file
@@ -174,7 +179,7 @@ def main() -> None:
         )
 
     def merge(name: str, method: str, parameters: dict, with_base: bool = True, supplier=None) -> Path:
-        out = CACHE / f"merged-{name}-seed{args.seed}"
+        out = CACHE / f"merged-{name}-{run_tag(args.train, args.seed)}"
         config = {
             "method": method,
             "base_model": str(base) if with_base else None,
@@ -258,7 +263,7 @@ def report(
             f"| {name} | {cells} | {average:.4f} | {normalised:.4f} | {gap:+.0%} | {versus_ta} | {versus_ps}"
             f" | {seconds.get(name, 0):.0f} |"
         )
-    (CACHE / f"results-seed{args.seed}.json").write_text(
+    (CACHE / f"results-{run_tag(args.train, args.seed)}.json").write_text(
         json.dumps({k: [float(s.mean()) for s in v] for k, v in scored.items()}, indent=2)
     )
 

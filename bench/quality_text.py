@@ -231,6 +231,8 @@ def main() -> None:
                 supplier=lambda layer, _block, task, real=real: real[task][layer],
             )
     report(scored, seconds, best_ta, best_ps, args)
+    chosen = {"TA": best_ta, "parameter-space": best_ps, "FDA(pretrained)": best_pre}
+    save_results(CACHE / f"results-{run_tag(args.train, args.seed)}.json", scored, chosen)
 
 
 def report(
@@ -263,8 +265,18 @@ def report(
             f"| {name} | {cells} | {average:.4f} | {normalised:.4f} | {gap:+.0%} | {versus_ta} | {versus_ps}"
             f" | {seconds.get(name, 0):.0f} |"
         )
-    (CACHE / f"results-{run_tag(args.train, args.seed)}.json").write_text(
-        json.dumps({k: [float(s.mean()) for s in v] for k, v in scored.items()}, indent=2)
+
+
+def save_results(path: Path, scored: dict[str, list[torch.Tensor]], chosen: dict[str, str]) -> None:
+    """Accuracies, the validation choices, and per-example correctness (for quality_text_pooled.py)."""
+    path.write_text(
+        json.dumps(
+            {
+                "chosen": chosen,
+                "accuracy": {k: [float(s.mean()) for s in v] for k, v in scored.items()},
+                "correct": {k: [s.int().tolist() for s in v] for k, v in scored.items()},
+            }
+        )
     )
 
 

@@ -127,9 +127,9 @@ def construct_anchors(
     optimiser = torch.optim.AdamW([anchors], lr=settings.lr)
     first = _gradients(block, theta0, experts, anchors.detach(), settings)
     active = active_tensors(probe_gradients(block, theta0, experts, anchors.detach(), settings.similarity), taus)
-    pairs = torch.stack([a for a in active.values()]).sum(dim=0).clamp_min(1).float()  # (N,)
+    pairs = torch.stack(list(active.values())).sum(dim=0).clamp_min(1).float().cpu()  # (N,), once
     tracker = _Tracker(anchors, per_tensor_cosines(first, taus), settings)
-    tracker.best = (alignment_loss(first, taus, active).cpu() / pairs.cpu()).detach()  # step 0: the initial anchors
+    tracker.best = (alignment_loss(first, taus, active).cpu() / pairs).detach()  # step 0: the initial anchors
     stopped = False
     for step in range(settings.steps):
         if all(tracker.done):
@@ -141,7 +141,7 @@ def construct_anchors(
         live = [i for i, done in enumerate(tracker.done) if not done]
         losses, live_cosines = _step_live_tasks(block, theta0, experts, taus, active, anchors, settings, live)
         gaps = tracker.best.clone()  # a plateaued task repeats its best
-        gaps[live] = losses / pairs.cpu()[live]
+        gaps[live] = losses / pairs[live]
         cosines = {name: value.clone() for name, value in tracker.cosines.items()}
         for name, value in live_cosines.items():
             cosines[name][live] = value.to(cosines[name].device)

@@ -227,7 +227,7 @@ def _loss_and_backward(
     if len(chunks) == 1:
         grads = similarity_gradients(block, theta0, experts, taking_part(), create_graph=True, kind=settings.similarity)
         loss = alignment_loss(grads, taus, active)
-        loss.sum().backward()
+        loss.sum().backward(inputs=[anchors])  # only ∂L/∂X: no unused weight gradients
         return loss.detach(), {k: v.detach() for k, v in grads.items()}
     total = _gradients(block, theta0, experts, taking_part().detach(), settings)
     leaves = {k: v.requires_grad_(True) for k, v in total.items()}
@@ -245,5 +245,5 @@ def _loss_and_backward(
             kind=settings.similarity,
         )
         inner = sum((part[k] * directions[k]).sum() for k in part)
-        inner.backward()  # type: ignore[union-attr]
+        inner.backward(inputs=[anchors])  # type: ignore[union-attr]
     return loss.detach(), {k: v.detach() for k, v in total.items()}

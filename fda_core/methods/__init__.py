@@ -2,14 +2,17 @@
 
 import fda_core.fda.method  # noqa: E402, F401  (registers fda)
 from fda_core.methods import (  # noqa: F401  (importing registers each method)
+    ace,
     breadcrumbs,
     dare_linear,
     dare_ties,
     iso_c,
+    iso_cts,
     linear,
     model_stock,
     pretrained,
     slerp,
+    svc,
     task_arithmetic,
     ties,
     tsv,

@@ -27,6 +27,12 @@ class ModelInput(BaseModel):
     )
     weight: float | None = Field(None, description="Shorthand for parameters.weight")
     parameters: dict[str, Any] = Field(default_factory=dict)
+    calibration: str | None = Field(
+        None,
+        min_length=1,
+        description="FDA only: a few unlabelled examples of this expert's task — a .jsonl of texts or a"
+        " .safetensors of model inputs (local path, file:// or s3://; docs/fda.md)",
+    )
 
     def resolved_parameters(self) -> dict[str, Any]:
         if self.weight is None:

@@ -1,8 +1,10 @@
 """Adaptation: fit the merged block to every expert's outputs on its anchors.
 
-Eq. 5 trains the block's weights from θ0. Eq. 6 trains elementwise coefficients instead:
+Eq. 5 trains the block's weights from θ0. Eq. 6 trains coefficients instead:
 θ = θ0 + Σ_r α_r ⊙ D_r, with D_r = τ_r and α_r = λ·w_r for task arithmetic, or one direction
 D = θm − θ0 with α = 1 for any other parameter-space merge θm; entries where D = 0 never move.
+The paper's α is elementwise (one per entry of D); `row` keeps one per output row and `tensor`
+one per tensor, which the anchors determine far better (docs/fda.md, "how well determined").
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from fda_core.fda.objective import BlockFn, Params
 
 Loss = Literal["cosine", "mse"]
+Granularity = Literal["elementwise", "row", "tensor"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class AdaptationSettings:
     lr: float = 1e-5
     batch_size: int = 128
     bf16: bool = False  # forward and backward under bfloat16 autocast; trainable tensors stay fp32
+    granularity: Granularity = "elementwise"  # Eq. 6: one α per entry, per output row, or per tensor
 
 
 @dataclass
@@ -34,6 +38,7 @@ class AdaptationResult:
     first_loss: float
     last_loss: float
     history: list[float] = field(default_factory=list)  # mean loss per epoch
+    trained: int = 0  # how many values adaptation trained (weights, or Eq. 6's coefficients)
 
 
 def output_distance(output: torch.Tensor, target: torch.Tensor, loss: Loss) -> torch.Tensor:
@@ -41,6 +46,19 @@ def output_distance(output: torch.Tensor, target: torch.Tensor, loss: Loss) -> t
     if loss == "cosine":
         return (1 - F.cosine_similarity(output.flatten(1), target.flatten(1), dim=1, eps=1e-12)).mean()
     return (output - target).pow(2).flatten(1).sum(dim=1).mean()
+
+
+def coefficient_shape(shape: torch.Size, granularity: Granularity) -> tuple[int, ...]:
+    """The shape of one direction's α for a tensor of `shape`; it broadcasts against the tensor.
+
+    A row is everything sharing the first (output) index: a weight's output unit, one entry of
+    a bias or LayerNorm vector (so for 1-D tensors `row` is `elementwise`).
+    """
+    if granularity == "elementwise" or len(shape) == 0:
+        return tuple(shape)
+    if granularity == "row":
+        return (shape[0], *([1] * (len(shape) - 1)))
+    return (1,) * len(shape)
 
 
 def adapt_weights(
@@ -55,7 +73,8 @@ def adapt_weights(
     """Eq. 5: min_θ Σ_ij Dist(f(θ, x_ij), f(θi, x_ij)) from θ = θ0; anchors and targets pooled (M, …)."""
     weights = {k: v.detach().clone().requires_grad_(True) for k, v in theta0.items()}
     history = _train(lambda: weights, list(weights.values()), block, anchors, targets, settings, generator, should_stop)
-    return AdaptationResult({k: v.detach() for k, v in weights.items()}, history[0], history[-1], history)
+    trained = sum(v.numel() for v in weights.values())
+    return AdaptationResult({k: v.detach() for k, v in weights.items()}, history[0], history[-1], history, trained)
 
 
 def adapt_coefficients(
@@ -69,12 +88,18 @@ def adapt_coefficients(
     generator: torch.Generator,
     should_stop: Callable[[], bool] | None = None,
 ) -> AdaptationResult:
-    """Eq. 6: θ = θ0 + Σ_r α_r ⊙ D_r with α_r (elementwise) initialised to initial[r] (one value, or one per tensor)."""
+    """Eq. 6: θ = θ0 + Σ_r α_r ⊙ D_r, α_r initialised to initial[r] (one value, or one per tensor),
+    shaped by settings.granularity (coefficient_shape)."""
     starts: list[dict[str, float]] = [
         a if isinstance(a, dict) else dict.fromkeys(d, float(a)) for d, a in zip(directions, initial)
     ]
     alphas = [
-        {k: torch.full_like(v, start[k], requires_grad=True) for k, v in d.items()}
+        {
+            k: torch.full(
+                coefficient_shape(v.shape, settings.granularity), start[k], dtype=v.dtype, device=v.device
+            ).requires_grad_()
+            for k, v in d.items()
+        }
         for d, start in zip(directions, starts)
     ]
 
@@ -85,7 +110,7 @@ def adapt_coefficients(
     history = _train(compose, trainable, block, anchors, targets, settings, generator, should_stop)
     with torch.no_grad():
         final = {k: v.detach() for k, v in compose().items()}
-    return AdaptationResult(final, history[0], history[-1], history)
+    return AdaptationResult(final, history[0], history[-1], history, sum(t.numel() for t in trainable))
 
 
 def _train(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -53,6 +54,11 @@ class Block:
 
     def tensor_names(self) -> list[str]:
         return [self.checkpoint_name(name) for name in self.parameter_names]
+
+    def outputs(self, params: Params, inputs: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """Block outputs without a graph, `batch` inputs at a time (bounded memory for many inputs)."""
+        with torch.no_grad():
+            return torch.cat([self(params, inputs[s : s + batch]) for s in range(0, len(inputs), batch)])
 
     def __call__(self, params: Params, anchors: torch.Tensor) -> torch.Tensor:
         """Block output for anchors (b, *anchor_shape) with the given block-relative params."""
@@ -103,6 +109,78 @@ def discover_blocks(
         return [Block(prefix, module.eval(), (width,), renames=renames) for prefix in prefixes]
     shape = (int(args[0].shape[1]), width)
     return [Block(prefix, module.eval(), shape, args[1:], kwargs, renames) for prefix in prefixes]
+
+
+def first_block_inputs(
+    config: dict[str, Any],
+    tensor_names: list[str],
+    read: Callable[[str], torch.Tensor],
+    inputs: torch.Tensor,
+    *,
+    blocks: str | None = None,
+    batch: int = 64,
+) -> torch.Tensor:
+    """The base model's input to its first block for model inputs (m, …) — token ids (m, T), pixel
+    values (m, C, H, W), or features (m, d) for fda_mlp — as (m, *one anchor). `read` gives a base
+    tensor by checkpoint name; only the tensors before the blocks (embeddings) take part."""
+    if config.get("model_type") == "fda_mlp":
+        return inputs.float()
+    skeleton = _one_layer_model(config)
+    path = _resolve_block_path(skeleton, blocks) if blocks else _find_block_list(skeleton, config)
+    first = cast(nn.ModuleList, skeleton.get_submodule(path))[0]
+    weights = _weights_before_blocks(skeleton, path, tensor_names, read, layer_count(config))
+    outputs = []
+    for start in range(0, len(inputs), batch):
+        part = inputs[start : start + batch]
+        key = "pixel_values" if part.is_floating_point() else "input_ids"
+        outputs.append(
+            _captured_input(skeleton, first, weights, {key: part.float() if key == "pixel_values" else part})
+        )
+    return torch.cat(outputs)
+
+
+def _weights_before_blocks(
+    skeleton: nn.Module, path: str, tensor_names: list[str], read: Callable[[str], torch.Tensor], count: int
+) -> Params:
+    """{skeleton parameter: the base's tensor} for every parameter outside the blocks the checkpoint has."""
+    saved_path, _ = _saved_names(skeleton, path)
+    wrapper = _checkpoint_prefixes(saved_path, tensor_names, count)[0].removesuffix(f"{saved_path}.0.")
+    saved = _saved_parameter_names(skeleton)
+    present = set(tensor_names)
+    return {
+        name: read(wrapper + saved[name]).float()
+        for name, _ in skeleton.named_parameters()
+        if not name.startswith(f"{path}.") and wrapper + saved.get(name, name) in present
+    }
+
+
+def _saved_parameter_names(skeleton: nn.Module) -> dict[str, str]:
+    """{module parameter name: the name save_pretrained gives it} (transformers 5 legacy names)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return {name: name for name, _ in skeleton.named_parameters()}
+    ours = {id(p): name for name, p in skeleton.named_parameters()}
+    saved = revert_weight_conversion(skeleton, dict(skeleton.state_dict(keep_vars=True)))  # type: ignore[arg-type]
+    return {ours[id(t)]: name for name, t in saved.items() if id(t) in ours}
+
+
+def _captured_input(skeleton: nn.Module, first: nn.Module, weights: Params, kwargs: dict[str, Any]) -> torch.Tensor:
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, args: tuple, call_kwargs: dict) -> None:
+        captured["hidden"] = args[0] if args else call_kwargs["hidden_states"]
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            functional_call(skeleton, weights, (), kwargs, strict=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return captured["hidden"].detach()
 
 
 def _one_layer_model(config: dict[str, Any]) -> nn.Module:

@@ -18,10 +18,12 @@ from fda_core.fda.adaptation import AdaptationResult, adapt_coefficients, adapt_
 from fda_core.fda.anchor_init import gaussian_anchors, weight_row_anchors
 from fda_core.fda.anchors import AnchorKey, AnchorStore, write_anchors
 from fda_core.fda.blocks import Block
+from fda_core.fda.calibration_stream import CalibrationStream
 from fda_core.fda.construction import construct_anchors
 from fda_core.fda.objective import Params
 from fda_core.fda.sdpa import second_order_attention
 from fda_core.fda.settings import FdaParams
+from fda_core.fda.sigma import choose_sigma
 from fda_core.merge.plan import MergePlan, TensorTask
 from fda_core.merge.progress import CancelCallback, MergeProgress, ProgressCallback
 from fda_core.merge.seeding import named_generator, named_seed
@@ -46,6 +48,8 @@ class FdaRun:
     config_digest: str = ""  # sha256 of the base's config.json: a changed block definition invalidates anchors
     seconds: dict[str, float] = field(default_factory=lambda: {"construct": 0.0, "adapt": 0.0})
     supplier: AnchorSupplier | None = None  # inputs given per (layer, task) replace construction entirely
+    sigma_trial: dict[str, Any] | None = None  # sigma: auto — the choice and every candidate's score
+    calibration: CalibrationStream | None = None  # models[].calibration, as inputs to the current block
 
     @property
     def settings(self) -> FdaParams:
@@ -56,21 +60,39 @@ class FdaRun:
         return self.should_cancel is not None and self.should_cancel()
 
 
+@dataclass
+class Carried:
+    """Block l's anchors as they leave block l, for chained adaptation of block l+1."""
+
+    merged: torch.Tensor  # (N, n, …) f(θ_merged,l, X_l,i): what the merged model feeds block l+1
+    experts: torch.Tensor  # (N, n, …) f(θi,l, X_l,i): what expert i feeds it
+
+
 def merge_blocks(run: FdaRun, write: Writer) -> dict[str, Any]:
     """Adapt and write every block's tensors in plan order; returns FDA's metrics."""
     tasks = {task.name: task for task in run.plan.tasks}
     layers = []
+    carried: Carried | None = None
+    if any(found is not None for found in run.plan.calibration) and run.plan.blocks:
+        first = run.plan.blocks[0].to(run.device)
+        run.calibration = CalibrationStream.start(
+            run.plan.calibration, run.plan.reference, run.readers[0], first, run.settings.blocks, run.device
+        )
     for index, block in enumerate(run.plan.blocks):
         if run.cancelled():
             raise MergeCancelled(f"merge cancelled before block {index} of {len(run.plan.blocks)}")
-        adapted, metrics = merge_block(run, index, block, tasks)
+        adapted, metrics, carried = merge_block(run, index, block, tasks, carried)
         for name in block.parameter_names:
             write(block.checkpoint_name(name), run.cast(tasks[block.checkpoint_name(name)], adapted[name]))
         layers.append(metrics)
-    return {"layers": layers, "seconds": {k: round(v, 3) for k, v in run.seconds.items()}}
+    sigma = {"sigma": run.sigma_trial} if run.sigma_trial else {}
+    seconds = {k: round(v, 3) for k, v in run.seconds.items()}
+    return {"layers": layers, "seconds": seconds, **_budget(layers), **sigma}
 
 
-def merge_block(run: FdaRun, index: int, block: Block, tasks: dict[str, TensorTask]) -> tuple[Params, dict[str, Any]]:
+def merge_block(
+    run: FdaRun, index: int, block: Block, tasks: dict[str, TensorTask], carried: Carried | None = None
+) -> tuple[Params, dict[str, Any], Carried | None]:
     block.to(run.device)
     theta0, experts = _read_block(run, block)
     taus = {n: torch.stack([e[n] - theta0[n] for e in experts]) for n in theta0}  # {name: (N, *shape)}
@@ -78,15 +100,48 @@ def merge_block(run: FdaRun, index: int, block: Block, tasks: dict[str, TensorTa
     anchors, construction = _anchors(run, index, block, theta0, experts, taus)
     run.seconds["construct"] += time.perf_counter() - started
     started = time.perf_counter()
-    result = _adapt(run, index, block, theta0, experts, anchors, tasks)
+    with torch.no_grad():
+        targets = torch.stack([block(expert, anchors[i]) for i, expert in enumerate(experts)])  # (N, n, …)
+    inputs, wanted = anchors.flatten(0, 1), targets.flatten(0, 1)
+    if run.calibration is not None and run.settings.calibration_use == "augment":
+        examples = [(i, h) for i, h in enumerate(run.calibration.hidden) if h is not None]
+        with torch.no_grad():
+            extra = [block.outputs(experts[i], h) for i, h in examples]
+        inputs = torch.cat([inputs, *(h for _, h in examples)])
+        wanted = torch.cat([wanted, *extra])
+    if carried is not None:  # chained: the previous block's anchors as the merged model passes them on
+        with torch.no_grad():
+            onward = torch.stack([block(expert, carried.experts[i]) for i, expert in enumerate(experts)])
+        inputs, wanted = torch.cat([inputs, carried.merged.flatten(0, 1)]), torch.cat([wanted, onward.flatten(0, 1)])
+    result = _adapt(run, index, block, theta0, experts, inputs, wanted, tasks)
     run.seconds["adapt"] += time.perf_counter() - started
     metrics = {
         "layer": index,
         "block": block.prefix,
         "tasks": construction,
-        "adaptation": {"first_loss": result.first_loss, "last_loss": result.last_loss, "epochs": len(result.history)},
+        "adaptation": {
+            "first_loss": result.first_loss,
+            "last_loss": result.last_loss,
+            "epochs": len(result.history),
+            "targets": wanted.numel(),
+            "trained": result.trained,
+            "targets_per_parameter": round(wanted.numel() / max(1, result.trained), 4),
+        },
     }
-    return result.params, metrics
+    if run.calibration is not None:
+        run.calibration.advance(block, theta0)
+    if not run.settings.chained:
+        return result.params, metrics, None
+    with torch.no_grad():
+        passed = torch.stack([block(result.params, anchors[i]) for i in range(len(experts))])
+    return result.params, metrics, Carried(passed, targets)
+
+
+def _budget(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The adaptation's determination over the whole merge: target values per trained value (docs/fda.md)."""
+    targets = sum(layer["adaptation"]["targets"] for layer in layers)
+    trained = sum(layer["adaptation"]["trained"] for layer in layers)
+    return {"targets": targets, "trained": trained, "targets_per_parameter": round(targets / max(1, trained), 4)}
 
 
 def _read_block(run: FdaRun, block: Block) -> tuple[Params, list[Params]]:
@@ -108,12 +163,15 @@ def _anchors(
         return _supplied(run, index, block, shape, len(experts))
     context = run.settings.cache_fields() | {"config_sha256": run.config_digest}
     keys = [
-        AnchorKey(run.digests[0], run.digests[1 + i], block.prefix, shape, run.plan.config.seed, context)
-        for i in range(len(experts))
+        AnchorKey(run.digests[0], run.digests[1 + i], block.prefix, shape, run.plan.config.seed, context | extra)
+        for i, extra in enumerate(_calibration_keys(run, len(experts)))
     ]
     found = [run.store.load(key) if run.store else None for key in keys]
     missing = [i for i, hit in enumerate(found) if hit is None]
     built: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+    for hit in found:  # sigma: auto — a cached block says what the trial chose, so later blocks agree
+        if hit is not None and run.sigma_trial is None and "sigma_trial" in hit[1]:
+            run.sigma_trial = hit[1]["sigma_trial"]
     if missing:
         built = _construct(run, index, block, theta0, experts, taus, keys, missing)
     anchors, manifests = [], []
@@ -150,7 +208,15 @@ def _construct(
     run, index, block, theta0, experts, taus, keys, missing
 ) -> dict[int, tuple[torch.Tensor, dict[str, Any]]]:
     settings = run.settings
-    initial = torch.stack([_initial(run, block, experts[i], keys[i]) for i in missing])
+    if settings.sigma == "auto" and settings.anchor_init == "gaussian" and run.sigma_trial is None:
+        unit = torch.stack([_gaussian(keys[i], 1.0, run.device) for i in missing])
+        sub_taus = {n: t[missing] for n, t in taus.items()}
+        with second_order_attention():
+            best, scores = choose_sigma(
+                block, theta0, [experts[i] for i in missing], sub_taus, unit, settings.construction()
+            )
+        run.sigma_trial = {"chosen": best, "block": block.prefix, "scores": scores}
+    initial = torch.stack([_initial(run, block, experts[i], keys[i], i) for i in missing])
 
     def on_step(step: int, gaps: list[float]) -> None:
         run.report(
@@ -174,6 +240,7 @@ def _construct(
             "block": block.prefix,
             "settings": settings.cache_fields(),
             "seed": keys[i].seed,
+            **({"sigma_trial": run.sigma_trial} if run.sigma_trial else {}),
             "loss": float(result.loss[row]),
             "steps": result.steps[row],
             "cosines": {n: float(c[row]) for n, c in result.cosines.items() if bool(result.active[n][row])},
@@ -185,14 +252,36 @@ def _construct(
     return built
 
 
-def _initial(run: FdaRun, block: Block, expert: Params, key: AnchorKey) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(key.generator_seed())
-    shape = key.anchor_shape
+def _calibration_keys(run: FdaRun, tasks: int) -> list[dict[str, str]]:
+    """With calibration_use: init a task's anchors start from its examples: its key names them."""
+    if run.settings.calibration_use != "init" or not run.plan.calibration:
+        return [{} for _ in range(tasks)]
+    return [{} if found is None else {"calibration_sha256": found.sha256} for found in run.plan.calibration]
+
+
+def _initial(run: FdaRun, block: Block, expert: Params, key: AnchorKey, task: int) -> torch.Tensor:
+    anchors = _drawn(run, expert, key)
+    examples = run.calibration.hidden[task] if run.calibration is not None else None
+    if examples is not None and run.settings.calibration_use == "init":  # the first n rows from real examples
+        count = min(len(examples), len(anchors))
+        anchors[:count] = examples[:count].to(anchors.device, anchors.dtype)
+    return anchors
+
+
+def _drawn(run: FdaRun, expert: Params, key: AnchorKey) -> torch.Tensor:
     if run.settings.anchor_init == "weights":
-        anchors = weight_row_anchors(shape, {n: v.cpu() for n, v in expert.items()}, generator)
-    else:
-        anchors = gaussian_anchors(shape, run.settings.sigma, generator)
-    return anchors.to(run.device)
+        generator = torch.Generator().manual_seed(key.generator_seed())
+        rows = weight_row_anchors(key.anchor_shape, {n: v.cpu() for n, v in expert.items()}, generator)
+        return rows.to(run.device)
+    sigma = run.sigma_trial["chosen"] if run.sigma_trial else run.settings.sigma
+    assert isinstance(sigma, float)
+    return _gaussian(key, sigma, run.device)
+
+
+def _gaussian(key: AnchorKey, sigma: float, device: torch.device) -> torch.Tensor:
+    """This (layer, task)'s Gaussian draw at scale σ: the same draw whatever σ is."""
+    generator = torch.Generator().manual_seed(key.generator_seed())
+    return gaussian_anchors(key.anchor_shape, sigma, generator).to(device)
 
 
 def _adapt(
@@ -201,14 +290,12 @@ def _adapt(
     block: Block,
     theta0: Params,
     experts: list[Params],
-    anchors: torch.Tensor,
+    pooled: torch.Tensor,
+    targets: torch.Tensor,
     tasks: dict[str, TensorTask],
 ) -> AdaptationResult:
-    """Eq. 5 from θ0, or Eq. 6 coefficients on the init method's merge."""
+    """Eq. 5 from θ0, or Eq. 6 coefficients on the init method's merge; inputs and targets pooled (M, …)."""
     settings = run.settings.adaptation()
-    with torch.no_grad():
-        targets = torch.cat([block(expert, anchors[i]) for i, expert in enumerate(experts)])
-    pooled = anchors.flatten(0, 1)
     generator = torch.Generator().manual_seed(named_seed(run.plan.config.seed, "adapt", block.prefix))
     stop = run.cancelled
     init = run.settings.init
@@ -218,9 +305,8 @@ def _adapt(
         directions, starts = _task_arithmetic_start(block, theta0, experts, tasks)
         result = adapt_coefficients(block, theta0, directions, starts, pooled, targets, settings, generator, stop)
     else:
-        merged = _init_merge(run, block, theta0, experts, tasks)
-        direction = {n: merged[n] - theta0[n] for n in theta0}
-        result = adapt_coefficients(block, theta0, [direction], [1.0], pooled, targets, settings, generator, stop)
+        directions, values = _merge_start(run, block, theta0, experts, tasks)
+        result = adapt_coefficients(block, theta0, directions, values, pooled, targets, settings, generator, stop)
     if run.cancelled():
         raise MergeCancelled(f"merge cancelled while adapting block {index}")
     run.report(
@@ -229,6 +315,17 @@ def _adapt(
         )
     )
     return result
+
+
+def _merge_start(
+    run: FdaRun, block: Block, theta0: Params, experts: list[Params], tasks: dict[str, TensorTask]
+) -> tuple[list[Params], list[float]]:
+    """Eq. 6 from a merge θm: D = θm − θ0 with α = 1, and with task_directions each τ_i with β_i = 0."""
+    merged = _init_merge(run, block, theta0, experts, tasks)
+    directions = [{n: merged[n] - theta0[n] for n in theta0}]
+    if not run.settings.task_directions:
+        return directions, [1.0]
+    return directions + [{n: e[n] - theta0[n] for n in theta0} for e in experts], [1.0] + [0.0] * len(experts)
 
 
 def _task_arithmetic_start(

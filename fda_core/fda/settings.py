@@ -4,36 +4,85 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from fda_core.fda.adaptation import AdaptationSettings
+from fda_core.fda.adaptation import AdaptationSettings, Granularity
 from fda_core.fda.construction import ConstructionSettings
 from fda_core.params import Params
 
-PAPER_TA_LAMBDA = 0.3  # Eq. 6 from task arithmetic starts at λ = 0.3 (ViT, RoBERTa-base)
 EQ5_LR = 1e-5  # adapting weights from θ0 (vision setting)
 EQ6_LR = 1e-2  # adapting elementwise coefficients
+OUTSIDE_DEFAULT = "task_arithmetic"  # outside the blocks when the blocks start from θ0 (Eq. 5)
+Preset = Literal["fast", "balanced", "thorough"]
+PRESETS: dict[str, dict[str, Any]] = {  # the budget: what a preset fixes unless a parameter says otherwise
+    "fast": {"anchors": 32, "tokens": 8, "construction_steps": 150, "adaptation_epochs": 50},
+    "balanced": {"anchors": 32, "tokens": 16, "construction_steps": 300, "adaptation_epochs": 100},
+    "thorough": {"anchors": 64, "tokens": 32, "construction_steps": 1200, "adaptation_epochs": 100},
+}
+DEFAULT_PRESET: Preset = "balanced"
 
 
 class FdaParams(Params):
+    preset: Preset = Field(DEFAULT_PRESET, description="the budget: anchors, tokens, steps, epochs (docs/fda.md)")
     init: str = Field("pretrained", description="pretrained (Eq. 5) or a parameter-space method to refine (Eq. 6)")
     init_parameters: dict[str, Any] = Field(default_factory=dict, description="parameters of the init method")
-    anchors: int = Field(64, ge=1, description="anchors n per (layer, task)")
-    tokens: int = Field(5, ge=1, description="tokens T per anchor (text models; vision uses the patch count)")
+    outside: str | None = Field(
+        None,
+        description="parameter-space method for the tensors outside the blocks (embeddings, final norms);"
+        " default: the init method, or OUTSIDE_DEFAULT when init is pretrained",
+    )
+    outside_parameters: dict[str, Any] = Field(default_factory=dict, description="parameters of `outside`")
+    anchors: int = Field(PRESETS[DEFAULT_PRESET]["anchors"], ge=1, description="anchors n per (layer, task)")
+    tokens: int = Field(
+        PRESETS[DEFAULT_PRESET]["tokens"], ge=1, description="tokens T per anchor (text; vision uses the patch count)"
+    )
     anchor_init: Literal["gaussian", "weights"] = "gaussian"
-    sigma: float = Field(0.01, gt=0)
-    construction_steps: int = Field(1200, ge=0)
+    sigma: float | Literal["auto"] = Field(
+        0.01, description="scale of the Gaussian initial anchors, or auto: chosen by trial on one block (App. C.5)"
+    )
+    construction_steps: int = Field(PRESETS[DEFAULT_PRESET]["construction_steps"], ge=0)
     construction_lr: float = Field(1e-2, gt=0)
     tolerance: float = Field(1e-4, ge=0, description="plateau: stop when mean (1 − cos) improves less than this …")
     patience: int = Field(100, ge=1, description="… over this many steps")
     adaptation_loss: Literal["cosine", "mse"] = "cosine"
-    adaptation_epochs: int = Field(100, ge=0)
+    adaptation_epochs: int = Field(PRESETS[DEFAULT_PRESET]["adaptation_epochs"], ge=0)
     adaptation_lr: float | None = Field(None, gt=0, description="default 1e-5 from pretrained, 1e-2 for coefficients")
     batch_size: int = Field(128, ge=1)
     adaptation_dtype: Literal["float32", "bfloat16"] = "float32"
+    coefficients: Granularity = Field("elementwise", description="Eq. 6: one α per entry, per output row, per tensor")
+    task_directions: bool = Field(
+        False, description="Eq. 6 on a merge θm also trains a coefficient per task vector (from 0) beside θm's"
+    )
+    calibration_use: Literal["augment", "init"] = Field(
+        "augment", description="models[].calibration: extra adaptation inputs, or the initial anchors"
+    )
     chunk_size: int | None = Field(None, ge=1, description="anchors per chunk of the second-order graph")
     blocks: str | None = Field(None, description="explicit block path, e.g. model.layers")
     ffn_only: bool = False
+    chained: bool = Field(
+        False, description="block l+1 also adapts on block l's anchors as the merged block l passes them on"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """The preset's budget fills every budget parameter the config does not set itself."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", DEFAULT_PRESET)
+        if preset not in PRESETS:
+            return data  # the field's own validation names the allowed values
+        return {**PRESETS[preset], **data}
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> FdaParams:
+        if not isinstance(self.sigma, str) and not (0 < self.sigma < float("inf")):
+            raise ValueError(f"sigma: must be a positive number or auto, got {self.sigma}")
+        if self.task_directions and self.init in ("pretrained", "task_arithmetic"):
+            raise ValueError(f"task_directions: init {self.init} has no merge to correct (TA's α are per task already)")
+        if self.chained and self.ffn_only:
+            raise ValueError("chained: an FFN's output is not the next FFN's input (attention lies between); use one")
+        return self
 
     def construction(self) -> ConstructionSettings:
         return ConstructionSettings(
@@ -48,12 +97,22 @@ class FdaParams(Params):
         default = EQ5_LR if self.init == "pretrained" else EQ6_LR
         lr = self.adaptation_lr or default
         bf16 = self.adaptation_dtype == "bfloat16"
-        return AdaptationSettings(self.adaptation_loss, self.adaptation_epochs, lr, self.batch_size, bf16)
+        return AdaptationSettings(
+            self.adaptation_loss, self.adaptation_epochs, lr, self.batch_size, bf16, self.coefficients
+        )
 
     def resolved_init_parameters(self) -> dict[str, Any]:
-        if self.init == "task_arithmetic" and "lambda" not in self.init_parameters:
-            return {**self.init_parameters, "lambda": PAPER_TA_LAMBDA}
+        """The init method's parameters as given (its own defaults for the rest)."""
         return dict(self.init_parameters)
+
+    def outside_method(self) -> tuple[str, dict[str, Any]]:
+        """(method, parameters) for the tensors outside the blocks: Eq. 5 keeps no pretrained tensor
+        where a parameter-space merge does better."""
+        if self.outside is not None:
+            return self.outside, dict(self.outside_parameters)
+        if self.init != "pretrained":
+            return self.init, self.resolved_init_parameters()
+        return OUTSIDE_DEFAULT, dict(self.outside_parameters)
 
     def cache_fields(self) -> dict[str, Any]:
         """What decides a (layer, task)'s anchors; chunking is exact, so chunk_size is not among them."""

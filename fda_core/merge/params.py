@@ -52,6 +52,17 @@ def _check_layerwise(method: MergeMethod, config: MergeConfig) -> None:
         raise ValueError(f"parameters.init: '{init.name}' is layer-wise itself; pick a parameter-space method")
     _check_model_count(init, len(config.models))
     _check_per_tensor(init, settings.resolved_init_parameters(), config, "parameters.init_parameters")
+    name, parameters = settings.outside_method()
+    outside = _method(name)
+    if outside.layerwise:
+        raise ValueError(f"parameters.outside: '{outside.name}' is layer-wise itself; pick a parameter-space method")
+    _check_model_count(outside, len(config.models))
+    where = (
+        "parameters.init_parameters"
+        if settings.outside is None and settings.init != "pretrained"
+        else "parameters.outside_parameters"
+    )
+    _check_per_tensor(outside, parameters, config, where)
 
 
 def _check_model_count(method: MergeMethod, count: int) -> None:

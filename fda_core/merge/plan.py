@@ -17,6 +17,7 @@ from fda_core.checkpoints.writer import OutputTensor, plan_shards
 from fda_core.config import MergeConfig
 from fda_core.errors import ConfigError
 from fda_core.fda.blocks import Block, discover_blocks
+from fda_core.fda.calibration import CalibrationSet, read_calibration
 from fda_core.fda.settings import FdaParams
 from fda_core.merge.params import ParameterResolver
 from fda_core.merge.settings import layer_count_source, num_layers_of
@@ -37,6 +38,7 @@ class TensorTask:
     merged: bool  # False: a non-float tensor (ids, masks), copied from the reference input
     params: Params | None = None
     model_params: tuple[ModelParams, ...] = ()
+    method: MergeMethod | None = None  # what merges this tensor (FDA: init inside blocks, outside elsewhere)
 
     @property
     def name(self) -> str:
@@ -46,13 +48,14 @@ class TensorTask:
 @dataclass
 class MergePlan:
     config: MergeConfig
-    method: MergeMethod  # the per-tensor method (for FDA: its init method)
+    method: MergeMethod  # the per-tensor method (for FDA: its init method, in the blocks)
     base: CheckpointLayout | None
     experts: list[CheckpointLayout]
     tasks: list[TensorTask]
     shards: list[list[OutputTensor]]
     fda: FdaParams | None = None  # set for method: fda
     blocks: list[Block] = field(default_factory=list)  # FDA's blocks; their tensors come first in `tasks`
+    calibration: list[CalibrationSet | None] = field(default_factory=list)  # per expert, FDA only
 
     @property
     def reference(self) -> CheckpointLayout:
@@ -66,6 +69,7 @@ class MergePlan:
 
 def build_plan(config: MergeConfig, max_shard_bytes: int) -> MergePlan:
     method, fda, tensor_config = _methods(config)
+    outside, outside_config = _outside_method(config, fda) if fda else (method, tensor_config)
     layouts = [inspect_checkpoint(uri) for uri in config.input_locations()]
     base = layouts[0] if config.base_model else None
     experts = layouts[1:] if base else layouts
@@ -76,10 +80,29 @@ def build_plan(config: MergeConfig, max_shard_bytes: int) -> MergePlan:
     names = _blocks_first(blocks, names)
     layer_count = num_layers_of(reference.config, names)
     _check_layer_count(config, reference, layer_count)
-    resolver = ParameterResolver(tensor_config, method, layer_count)
-    tasks = [_task(reference, name, resolver, config) for name in names]
+    inside = ParameterResolver(tensor_config, method, layer_count)
+    rest = ParameterResolver(outside_config, outside, layer_count)
+    in_blocks = {name for block in blocks for name in block.tensor_names()}
+    tasks = [_task(reference, name, inside if name in in_blocks else rest, config) for name in names]
     shards = plan_shards([t.output for t in tasks], max_shard_bytes)
-    return MergePlan(config, method, base, experts, tasks, shards, fda, blocks)
+    calibration = _calibration(config, fda)
+    return MergePlan(config, method, base, experts, tasks, shards, fda, blocks, calibration)
+
+
+def _calibration(config: MergeConfig, fda: FdaParams | None) -> list[CalibrationSet | None]:
+    """Each expert's calibration examples, read and validated now (bounded), or None."""
+    given = [(i, m.calibration) for i, m in enumerate(config.models) if m.calibration]
+    if not given:
+        return []
+    where = f"models[{given[0][0]}].calibration"
+    if fda is None:
+        raise ConfigError(f"{where}: calibration inputs are used by method: fda only")
+    if fda.ffn_only:
+        raise ConfigError(f"{where}: calibration inputs are not supported with ffn_only yet; use whole blocks")
+    sets: list[CalibrationSet | None] = [None] * len(config.models)
+    for index, uri in given:
+        sets[index] = read_calibration(uri, f"models[{index}].calibration")
+    return sets
 
 
 def _methods(config: MergeConfig) -> tuple[MergeMethod, FdaParams | None, MergeConfig]:
@@ -90,6 +113,12 @@ def _methods(config: MergeConfig) -> tuple[MergeMethod, FdaParams | None, MergeC
     fda = FdaParams.model_validate(config.parameters)
     init_config = config.model_copy(update={"parameters": fda.resolved_init_parameters()})
     return get_method(fda.init), fda, init_config
+
+
+def _outside_method(config: MergeConfig, fda: FdaParams) -> tuple[MergeMethod, MergeConfig]:
+    """FDA: the parameter-space method (and its config) for the tensors outside the blocks."""
+    name, parameters = fda.outside_method()
+    return get_method(name), config.model_copy(update={"parameters": parameters})
 
 
 def _check_layer_count(config: MergeConfig, reference: CheckpointLayout, layer_count: int) -> None:
@@ -139,4 +168,4 @@ def _task(reference: CheckpointLayout, name: str, resolver: ParameterResolver, c
         return TensorTask(OutputTensor(name, info.dtype, info.shape), merged=False)
     dtype = DTYPE_NAMES[OUTPUT_DTYPES[config.dtype]] if config.dtype else info.dtype
     params, model_params = resolver.for_tensor(name)
-    return TensorTask(OutputTensor(name, dtype, info.shape), True, params, tuple(model_params))
+    return TensorTask(OutputTensor(name, dtype, info.shape), True, params, tuple(model_params), resolver.method)

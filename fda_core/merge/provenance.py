@@ -32,6 +32,9 @@ def build_provenance(plan: MergePlan, hashes: dict[str, dict[str, str]] | None) 
             continue
         files = hashes[layout.uri] if hashes else {name: PLACEHOLDER for name in layout.weight_files}
         inputs.append({"role": role, "location": layout.uri, "sha256": input_digest(files), "files": files})
+    for found in plan.calibration:
+        if found is not None:
+            inputs.append({"role": "calibration", "location": found.uri, "sha256": found.sha256})
     return {
         "fda_merge_version": __version__,
         "method": plan.config.method,

@@ -179,11 +179,11 @@ def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader],
     del raw
     base = tensors[0] if plan.base else None
     experts = tensors[1:] if plan.base else tensors
-    assert task.params is not None
+    assert task.params is not None and task.method is not None
     inputs = TensorInputs(
         task.name, base, experts, task.params, list(task.model_params), _generator(plan, task, device)
     )
-    merged = plan.method.merge(inputs)
+    merged = task.method.merge(inputs)
     return cast_output(task.name, merged, DTYPES[task.output.dtype][0])
 
 
@@ -204,7 +204,8 @@ def cast_output(name: str, merged: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 def _generator(plan: MergePlan, task: TensorTask, device: torch.device) -> torch.Generator | None:
     """One generator per (seed, tensor): results do not depend on tensor order or device count."""
-    return named_generator(plan.config.seed, task.name, device) if plan.method.uses_randomness else None
+    assert task.method is not None
+    return named_generator(plan.config.seed, task.name, device) if task.method.uses_randomness else None
 
 
 class _PhaseClock:

@@ -17,7 +17,7 @@ from tests.integration.test_merge_cli import load_with_transformers
 from tests.support.compare import load_tensors
 from tests.support.tiny_models import save_expert
 
-FAST = {"anchors": 8, "construction_steps": 12, "adaptation_epochs": 3}
+FAST = {"anchors": 8, "tokens": 5, "construction_steps": 12, "adaptation_epochs": 3}
 
 
 def fda_config(base: Path, experts: list[Path], **parameters) -> dict:
@@ -69,7 +69,8 @@ def test_adaptation_moves_block_tensors_and_the_rest_follow_the_init_method(llam
 
 def test_ffn_only_adapts_the_mlps_and_leaves_attention_to_the_init_method(llama, tmp_path: Path) -> None:
     base, experts = llama
-    merge(fda_config(base, experts, init="task_arithmetic", ffn_only=True), tmp_path / "fda")
+    init = {"init": "task_arithmetic", "init_parameters": {"lambda": 0.3}}
+    merge(fda_config(base, experts, ffn_only=True, **init), tmp_path / "fda")
     merge({**fda_config(base, experts), "method": "task_arithmetic", "parameters": {"lambda": 0.3}}, tmp_path / "ta")
     fda, reference = load_tensors(tmp_path / "fda"), load_tensors(tmp_path / "ta")
     torch.testing.assert_close(
@@ -180,3 +181,72 @@ def test_supplied_inputs_replace_construction_and_a_wrong_shape_is_named(llama, 
     with pytest.raises(ConfigError, match=r"shape \[3, 5, 32\].*need \[8, 5, 32\]"):
         merge(fda_config(base, experts), tmp_path / "bad", anchor_supplier=wrong)
     assert not (tmp_path / "bad").exists()
+
+
+def test_eq5_takes_the_tensors_outside_the_blocks_from_a_parameter_space_merge(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    outside = {"outside": "task_arithmetic", "outside_parameters": {"lambda": 0.4}}
+    merge(fda_config(base, experts, init="pretrained", **outside), tmp_path / "fda")
+    merge(fda_config(base, experts, init="pretrained", outside="pretrained"), tmp_path / "kept")
+    ta = {**fda_config(base, experts), "method": "task_arithmetic", "parameters": {"lambda": 0.4}}
+    merge(ta, tmp_path / "ta")
+    fda, kept, reference = (load_tensors(tmp_path / n) for n in ("fda", "kept", "ta"))
+    pretrained = load_tensors(base)
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        torch.testing.assert_close(fda[name], reference[name])
+        torch.testing.assert_close(kept[name], pretrained[name])
+
+
+def test_eq6_starts_from_the_init_methods_own_parameters(llama, tmp_path: Path) -> None:
+    """No paper λ = 0.3 slipped in: TA's own default (λ = 1) unless the config says otherwise."""
+    base, experts = llama
+    merge(fda_config(base, experts, init="task_arithmetic", adaptation_epochs=0), tmp_path / "fda")
+    merge({**fda_config(base, experts), "method": "task_arithmetic", "parameters": {}}, tmp_path / "ta")
+    fda, reference = load_tensors(tmp_path / "fda"), load_tensors(tmp_path / "ta")
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"):
+        torch.testing.assert_close(fda[name], reference[name])
+
+
+def test_chained_adaptation_adds_the_previous_blocks_anchors_from_the_second_block_on(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    init = {"init": "ties", "coefficients": "row"}
+    plain = merge(fda_config(base, experts, **init), tmp_path / "plain").metrics["fda"]["layers"]
+    chained = merge(fda_config(base, experts, chained=True, **init), tmp_path / "chained").metrics["fda"]["layers"]
+    targets = [layer["adaptation"]["targets"] for layer in plain]
+    assert [layer["adaptation"]["targets"] for layer in chained] == [targets[0]] + [2 * t for t in targets[1:]]
+    a, b = load_tensors(tmp_path / "plain"), load_tensors(tmp_path / "chained")
+    torch.testing.assert_close(a["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.allclose(a["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_task_directions_start_at_the_merge_and_then_correct_it_per_task(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    still = merge(fda_config(base, experts, init="tsv", task_directions=True, adaptation_epochs=0), tmp_path / "a")
+    merge({**fda_config(base, experts), "method": "tsv", "parameters": {}}, tmp_path / "tsv")
+    merge(fda_config(base, experts, init="tsv", task_directions=True, coefficients="row"), tmp_path / "b")
+    name = "model.layers.1.self_attn.q_proj.weight"
+    at_start, tsv, moved = (load_tensors(tmp_path / n)[name] for n in ("a", "tsv", "b"))
+    torch.testing.assert_close(at_start, tsv)
+    assert not torch.allclose(moved, tsv)
+    block = sum(t.numel() for n, t in load_tensors(base).items() if n.startswith("model.layers.0."))
+    assert still.metrics["fda"]["layers"][0]["adaptation"]["trained"] == 3 * block  # θm's α and one β per expert
+
+
+def test_targets_per_parameter_are_reported_per_block_and_overall(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    result = merge(fda_config(base, experts, init="ties", coefficients="tensor"), tmp_path / "out")
+    fda = result.metrics["fda"]
+    block = fda["layers"][0]["adaptation"]
+    assert block["targets"] == 2 * FAST["anchors"] * FAST["tokens"] * 32  # tasks × n × T × d
+    assert block["trained"] == 9  # one α per tensor of a LLaMA block
+    assert fda["targets_per_parameter"] == pytest.approx(fda["targets"] / fda["trained"], rel=1e-3)
+
+
+def test_sigma_auto_is_chosen_once_and_kept_by_the_anchor_cache(llama, tmp_path: Path) -> None:
+    base, experts = llama
+    cache = tmp_path / "cache"
+    first = merge(fda_config(base, experts, sigma="auto"), tmp_path / "a", anchor_cache=cache).metrics["fda"]
+    assert first["sigma"]["block"] == "model.layers.0." and float(first["sigma"]["chosen"]) > 0
+    again = merge(fda_config(base, experts, sigma="auto"), tmp_path / "b", anchor_cache=cache).metrics["fda"]
+    assert again["sigma"] == first["sigma"]
+    assert all(task["cached"] for layer in again["layers"] for task in layer["tasks"])

@@ -140,3 +140,17 @@ def test_key_bias_gradient_is_recognised_as_zero_by_structure_not_rounding(famil
     assert inactive == key_biases
     if key_biases:  # rounding leaves it non-zero: an exact-zero test would have kept it in the loss
         assert float(grads[key_biases[0]].abs().max()) > 0
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "vit", "clip_vision", "gpt2", "llama"])
+def test_first_block_inputs_are_the_real_models_layer_0_inputs(family: str, tmp_path: Path) -> None:
+    from fda_core.fda.blocks import first_block_inputs
+
+    config, tensors, model = saved(family, tmp_path)
+    expected, _ = real_layer_io(model, family, 0)
+    if family in ("vit", "clip_vision"):
+        inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    else:
+        inputs = torch.randint(0, 96, (2, TOKENS), generator=torch.Generator().manual_seed(1))
+    got = first_block_inputs(config, list(tensors), tensors.__getitem__, inputs)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -69,6 +69,8 @@ def _merge(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with ProgressBar(enabled=not args.quiet and sys.stderr.isatty()) as bar:
         result = run_merge(config, args.out, options, on_progress=bar.update)
+    for warning in result.warnings:
+        print(f"fdamerge: warning: {warning}", file=sys.stderr)
     if "fda" in result.metrics and not args.quiet:
         print(describe_fda(result.metrics["fda"]))
     size = sum(shard.bytes for shard in result.shards)

@@ -115,6 +115,8 @@ class ProgressReporter:
 
 
 def _describe(progress: MergeProgress) -> str:
+    if progress.message:
+        return progress.message
     where = f" layer {progress.layer}" if progress.layer is not None else ""
     return f"{progress.phase}{where}: {progress.done}/{progress.total}"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MergeProgress:
-    phase: str  # "validate" | "fetch" | "merge" | "construct" | "adapt" | "finalize"
+    phase: str  # "validate" | "fetch" | "check" | "merge" | "construct" | "adapt" | "finalize"
     done: int
     total: int
     tensor: str | None = None
@@ -16,6 +16,7 @@ class MergeProgress:
     task: int | None = None  # FDA: model index
     step: int | None = None  # FDA: construction step or adaptation epoch
     value: float | None = None  # FDA: mean (1 − cos) while constructing, loss while adapting
+    message: str | None = None  # "check": a warning about the inputs (the merge goes on)
 
 
 ProgressCallback = Callable[[MergeProgress], None]

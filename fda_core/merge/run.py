@@ -23,6 +23,7 @@ from fda_core.config import MergeConfig
 from fda_core.errors import ConfigError, MergeCancelled
 from fda_core.fda.anchors import AnchorStore
 from fda_core.fda.runner import AnchorSupplier, FdaRun, merge_blocks
+from fda_core.merge.norm_check import norm_warning
 from fda_core.merge.output import check_output_free, copy_side_files, staging_directory, write_records
 from fda_core.merge.plan import MergePlan, TensorTask, build_plan
 from fda_core.merge.progress import CancelCallback, MergeProgress, ProgressCallback
@@ -52,6 +53,7 @@ class MergeResult:
     seconds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # FDA: per block and task, see fda_core.fda.runner
+    warnings: list[str] = field(default_factory=list)  # about the inputs, e.g. mismatched task-vector sizes
 
 
 def run_merge(
@@ -86,8 +88,9 @@ def run_merge(
     clock.lap("finalize")
     parameters = sum(math.prod(t.output.shape) for t in plan.tasks)
     return MergeResult(
-        Path(out_dir), config.method, len(plan.tasks), parameters, shards, clock.laps, provenance, metrics
-    )
+        Path(out_dir), config.method, len(plan.tasks), parameters, shards, clock.laps, provenance, metrics,
+        list(metrics.get("warnings", [])),
+    )  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,6 +129,10 @@ def _merge_tensors(
     readers = [TensorReader(layout) for layout in plan.inputs]
     metrics: dict[str, Any] = {}
     try:
+        warning = norm_warning(plan, readers)
+        if warning is not None:
+            metrics["warnings"] = [warning]
+            report(MergeProgress("check", 1, 1, message=warning))
         if plan.fda is not None:
             metrics["fda"] = merge_blocks(
                 _fda_run(plan, readers, device, hashes, staging, report, should_cancel, options), writer.write

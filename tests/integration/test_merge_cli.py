@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,17 @@ def test_a_mergekit_slice_over_other_layers_than_the_model_has_is_refused_before
     assert not (tmp_path / "out").exists()
     (tmp_path / "mk.yaml").write_text((tmp_path / "mk.yaml").read_text().replace(f"{layers + 1}]", f"{layers}]"))
     assert fdamerge(["merge", str(tmp_path / "mk.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+
+
+def test_task_vectors_of_very_different_sizes_are_warned_about_and_still_merged(llama, tmp_path: Path) -> None:
+    from tests.support.tiny_models import save_expert
+
+    base, experts = llama
+    loud = save_expert("llama", tmp_path / "loud", seed=9, scale=0.2)  # 10× the others' task vector
+    config = config_for("tsv", base, [experts[0], loud], tmp_path)
+    result = run_cli("merge", str(config), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"warning: task vectors differ in size by (9\.9|10\.\d)×", result.stderr), result.stderr
+    assert "models[1]" in result.stderr
+    quiet = run_cli("merge", str(config_for("tsv", base, experts, tmp_path)), "--out", str(tmp_path / "even"))
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr

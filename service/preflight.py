@@ -8,6 +8,8 @@ the input, instead of failing after the download.
 
 from __future__ import annotations
 
+import re
+
 from fda_core.config import MergeConfig
 from fda_core.errors import FdaMergeError
 from fda_core.merge.plan import build_plan
@@ -29,9 +31,12 @@ def preflight(config: MergeConfig, settings: Settings) -> None:
 def _input_named(config: MergeConfig, message: str) -> str | None:
     """The request field of the input the message blames: an expert before the base (a mismatch names
     both, and the base is the reference), the longest URI first (…/a-2 before …/a); a plan error that
-    names a config field (`layers: …`) blames that field."""
+    names a config field (`layers: …`, `models[1].calibration: …`) blames that field."""
     if message.startswith("layers:"):
         return "layers"
+    field = re.match(r"models\[\d+\]\.calibration(?=:)", message)
+    if field:
+        return field.group(0)
     experts = sorted(((f"models[{i}].model", m.model) for i, m in enumerate(config.models)), key=lambda p: -len(p[1]))
     base = [("base_model", config.base_model)] if config.base_model else []
     return next((param for param, uri in [*experts, *base] if uri in message), None)

@@ -19,7 +19,16 @@ from service.checkpoint_cache import make_room, object_lock, use
 from service.s3 import split_s3_uri
 
 CHUNK_BYTES = 8 << 20
-SINGLE_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SINGLE_FILE_SUFFIXES = (
+    ".safetensors",
+    ".jsonl",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pkl",
+    ".pickle",
+)  # .jsonl: FDA calibration
 
 
 class S3Source:

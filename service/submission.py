@@ -24,7 +24,9 @@ def job_request(config: MergeConfig, principal: Principal, output: str | None, m
 
 def _inputs(config: MergeConfig) -> list[tuple[str, str]]:
     found = [("base_model", config.base_model)] if config.base_model else []
-    return found + [(f"models[{i}].model", m.model) for i, m in enumerate(config.models)]
+    models = [(f"models[{i}].model", m.model) for i, m in enumerate(config.models)]
+    calibration = [(f"models[{i}].calibration", m.calibration) for i, m in enumerate(config.models) if m.calibration]
+    return found + models + calibration
 
 
 def check_input_allowed(uri: str, allowed: tuple[str, ...], param: str) -> None:

@@ -85,3 +85,26 @@ def test_a_layer_count_the_base_does_not_have_answers_422_naming_layers(api) -> 
     assert answer.status_code == 422, answer.text
     assert answer.json()["param"] == "layers" and "covers 99 layers" in answer.json()["detail"]
     assert dispatcher.enqueued == []
+
+
+def test_calibration_files_are_allowlisted_and_validated_at_submit(api, s3_server) -> None:
+    client, key, uris, dispatcher, _ = api
+    bucket = uris["missing"].split("/")[2]
+    s3 = make_s3_client(s3_server.endpoint_url)
+    s3.put_object(Bucket=bucket, Key="acme/calib/good.jsonl", Body=b'{"text": "a b c d e f g"}\n')
+    s3.put_object(Bucket=bucket, Key="acme/calib/bad.jsonl", Body=b'{"text": 3}\n')
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def submit(calibration: str):
+        request = body(uris, "llama-base", ["llama-expert0", "llama-expert1"], "fda")
+        request["models"][1]["calibration"] = calibration
+        return client.post("/v1/merge-jobs", json=request, headers=headers)
+
+    elsewhere = submit("s3://other-bucket/calib.jsonl")
+    assert elsewhere.status_code == 422 and elsewhere.json()["param"] == "models[1].calibration"
+    bad = submit(f"s3://{bucket}/acme/calib/bad.jsonl")
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["param"] == "models[1].calibration" and "line 1" in bad.json()["detail"]
+    assert dispatcher.enqueued == []
+    good = submit(f"s3://{bucket}/acme/calib/good.jsonl")
+    assert good.status_code == 202, good.text

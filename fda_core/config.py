@@ -6,6 +6,7 @@ syntax, see fda_core.merge.settings). Method-specific checks run in `check_metho
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fda_core.errors import ConfigError
 
 DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
+MAX_INTEGER = 2**53  # integers beyond this do not survive JSON round trips (RFC 7493) nor int64 arithmetic
+MAX_SETTING_DEPTH = 4  # a list of {filter, value} conditions whose value is a gradient list
+MAX_SETTING_ITEMS = 1024  # gradient points or conditions in one setting
 
 
 class ModelInput(BaseModel):
@@ -25,7 +29,7 @@ class ModelInput(BaseModel):
     model: str = Field(
         min_length=1, description="Local path, file:// or s3:// URI of a model folder or .safetensors file"
     )
-    weight: float | None = Field(None, description="Shorthand for parameters.weight")
+    weight: float | None = Field(None, allow_inf_nan=False, description="Shorthand for parameters.weight")
     parameters: dict[str, Any] = Field(default_factory=dict)
     calibration: str | None = Field(
         None,
@@ -50,31 +54,81 @@ class MergeConfig(BaseModel):
     models: list[ModelInput] = Field(min_length=1)
     parameters: dict[str, Any] = Field(default_factory=dict, description="Method parameters")
     dtype: DTypeName | None = Field(None, description="Output dtype of floating tensors; default: the base's")
-    seed: int = Field(0, ge=0, description="Seeds every random choice (DARE masks); same seed, same output")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seeds every random choice (DARE masks); same seed, same output")
     layers: int | None = Field(
         None,
         ge=1,
+        le=100_000,
         description="How many layers the config covers (a mergekit slice's layer_range end); a base model"
         " with another count is refused rather than merged in full",
+    )
+    check_finite: bool = Field(
+        True,
+        description="Fail the merge, naming the tensor, when an input or the output holds NaN or infinite values",
     )
 
     @model_validator(mode="after")
     def _fits_method(self) -> MergeConfig:
         from fda_core.merge.params import check_method_fit  # the registry imports every method
 
+        for where, setting in self._settings():
+            check_setting(setting, where)
         check_method_fit(self)  # raises ValueError, reported by pydantic with the field
         return self
 
+    def _settings(self) -> list[tuple[str, Any]]:
+        found = [(f"parameters.{key}", value) for key, value in self.parameters.items()]
+        for index, model in enumerate(self.models):
+            found += [(f"models.{index}.parameters.{key}", value) for key, value in model.parameters.items()]
+        return found
+
+    def inputs(self) -> list[tuple[str, str]]:
+        """Every location this config reads, with the field naming it: the base, each model, each
+        model's calibration file. The one list the service allowlists and the plan opens."""
+        found = [("base_model", self.base_model)] if self.base_model else []
+        found += [(f"models[{i}].model", m.model) for i, m in enumerate(self.models)]
+        found += [(f"models[{i}].calibration", m.calibration) for i, m in enumerate(self.models) if m.calibration]
+        return found
+
     def input_locations(self) -> list[str]:
         """The base (if any) then each model, in order."""
-        return ([self.base_model] if self.base_model else []) + [m.model for m in self.models]
+        return [uri for field, uri in self.inputs() if not field.endswith(".calibration")]
+
+
+def check_setting(value: Any, where: str, depth: int = 0) -> None:
+    """A parameter value is a finite number, a bool, a string, a flat gradient list or {filter, value}
+    conditions (fda_core.merge.settings), nested a few levels at most (ValueError naming `where`).
+    Method-wide dicts (FDA's init_parameters) hold such values themselves."""
+    if depth > MAX_SETTING_DEPTH:
+        raise ValueError(f"{where}: nested more than {MAX_SETTING_DEPTH} levels deep")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_INTEGER:
+            raise ValueError(f"{where}: {value} is out of range (|n| ≤ 2^53)")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: must be a finite number, got {value}")
+        return
+    if isinstance(value, list | dict):
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        if len(items) > MAX_SETTING_ITEMS:
+            raise ValueError(f"{where}: more than {MAX_SETTING_ITEMS} entries")
+        for key, item in items:
+            check_setting(item, f"{where}.{key}", depth + 1)
+        return
+    raise ValueError(f"{where}: unsupported value {type(value).__name__}")
 
 
 def load_config(path: Path) -> MergeConfig:
-    """Read a merge YAML: our schema, or a mergekit file (recognised by `merge_method`)."""
+    """Read a merge YAML: our schema, or a mergekit file (recognised by `merge_method`).
+
+    Relative local paths in it (base_model, models[].model, models[].calibration) are relative to
+    the YAML's own folder, as in docker-compose files: the result does not depend on where it is run."""
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{path}: cannot read YAML ({_one_line(str(exc))})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping with method, base_model and models")
@@ -82,7 +136,23 @@ def load_config(path: Path) -> MergeConfig:
         from fda_core.mergekit_compat import from_mergekit
 
         doc = from_mergekit(doc, where=str(path))
-    return parse_config(doc, where=str(path))
+    config = parse_config(doc, where=str(path))
+    return relative_to(config, path.resolve().parent)
+
+
+def relative_to(config: MergeConfig, folder: Path) -> MergeConfig:
+    """The config with relative local input paths made absolute against `folder`."""
+
+    def absolute(location: str | None) -> str | None:
+        if location is None or "://" in location or Path(location).expanduser().is_absolute():
+            return location
+        return str(folder / location)
+
+    models = [
+        model.model_copy(update={"model": absolute(model.model), "calibration": absolute(model.calibration)})
+        for model in config.models
+    ]
+    return config.model_copy(update={"base_model": absolute(config.base_model), "models": models})
 
 
 def parse_config(doc: dict[str, Any], where: str = "config") -> MergeConfig:

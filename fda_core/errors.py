@@ -17,12 +17,20 @@ class CheckpointError(FdaMergeError):
     """A checkpoint cannot be read: missing, unsupported format, corrupt or truncated."""
 
 
+class InputLimitError(CheckpointError):
+    """An input is larger than this merge accepts (header bytes, tensor count, total input bytes)."""
+
+
 class PickleCheckpointError(CheckpointError):
     """The checkpoint is a pickle (.bin/.pt/.pth/.ckpt); we never unpickle user files."""
 
 
 class IncompatibleModelsError(FdaMergeError):
     """Two checkpoints disagree on tensor names, shapes or dtypes."""
+
+
+class NonFiniteError(FdaMergeError):
+    """A tensor holds NaN or infinite values: an input checkpoint's, or what the merge produced."""
 
 
 class OutputError(FdaMergeError):

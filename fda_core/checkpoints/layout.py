@@ -6,12 +6,23 @@ model.safetensors.index.json) or a single .safetensors file. Pickles are refused
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from fda_core.checkpoints.header import FileHeader, TensorInfo, header_length, parse_header
+from fda_core.checkpoints.header import (
+    MAX_HEADER_BYTES,
+    MAX_TENSORS,
+    FileHeader,
+    TensorInfo,
+    header_length,
+    load_json,
+    nesting,
+    parse_header,
+)
 from fda_core.checkpoints.sources import CheckpointSource, open_source
-from fda_core.errors import CheckpointError, PickleCheckpointError
+from fda_core.errors import CheckpointError, InputLimitError, PickleCheckpointError
+
+MAX_JSON_BYTES = 16 << 20  # config.json, the index: real ones are kilobytes
+MAX_JSON_DEPTH = 64
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -20,6 +31,15 @@ CONVERT_HINT = (
     "convert it to safetensors in a trusted environment (e.g. transformers "
     "save_pretrained(dir, safe_serialization=True)); fda-merge never unpickles user files"
 )
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds on what reading one input may cost (the format's own bounds by default)."""
+
+    header_bytes: int = MAX_HEADER_BYTES  # one weight file's JSON header
+    tensors: int = MAX_TENSORS  # one checkpoint, all its files
+    input_bytes: int | None = None  # weight bytes of all a merge's inputs together (checked by the plan)
 
 
 @dataclass
@@ -38,12 +58,17 @@ class CheckpointLayout:
         return f"{self.uri} ({info.file})"
 
 
-def inspect_checkpoint(uri: str) -> CheckpointLayout:
+def inspect_checkpoint(uri: str, limits: InputLimits = InputLimits()) -> CheckpointLayout:
     """Open `uri` and validate every weight file's header; reads only headers and small files."""
     source = open_source(uri)
     files = source.list_files()
     weight_files = _weight_files(source, files)
-    headers = [read_header(source, name) for name in weight_files]
+    headers, count = [], 0
+    for name in weight_files:
+        headers.append(read_header(source, name, limits.header_bytes, limits.tensors))
+        count += len(headers[-1].tensors)
+        if count > limits.tensors:
+            raise InputLimitError(f"{uri}: more than {limits.tensors} tensors; this service accepts at most that many")
     tensors = _collect_tensors(uri, headers)
     if INDEX_FILE in files and not source.single_file:
         _check_index(uri, source, tensors)
@@ -51,13 +76,18 @@ def inspect_checkpoint(uri: str) -> CheckpointLayout:
     return CheckpointLayout(uri, source, weight_files, tensors, headers[0].metadata, config)
 
 
-def read_header(source: CheckpointSource, name: str) -> FileHeader:
+def read_header(
+    source: CheckpointSource, name: str, max_header_bytes: int = MAX_HEADER_BYTES, max_tensors: int = MAX_TENSORS
+) -> FileHeader:
     where = _where(source, name)
     size = source.size(name)
-    length = header_length(source.read_range(name, 0, 8), where)
+    length = header_length(source.read_range(name, 0, min(8, size)), where)
+    if length > max_header_bytes:
+        raise InputLimitError(f"{where}: a header of {length} bytes; this service reads at most {max_header_bytes}")
     if 8 + length > size:
         raise CheckpointError(f"{where}: truncated: header of {length} bytes but the file has {size} bytes")
-    return parse_header(source.read_range(name, 8, length), file=name, where=where, file_size=size)
+    raw = source.read_range(name, 8, length)
+    return parse_header(raw, file=name, where=where, file_size=size, max_tensors=max_tensors)
 
 
 def _where(source: CheckpointSource, name: str) -> str:
@@ -82,9 +112,10 @@ def _weight_files(source: CheckpointSource, files: list[str]) -> list[str]:
     pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise PickleCheckpointError(f"{source.uri}: only pickled weights ({', '.join(pickles)}); {CONVERT_HINT}")
+    found = f"{len(candidates)} .safetensors files" if candidates else "no .safetensors file"
     raise CheckpointError(
-        f"{source.uri}: no {SINGLE_FILE} or {INDEX_FILE} found "
-        f"(files: {', '.join(files) or 'none'}); point at a Hugging Face model folder or a .safetensors file"
+        f"{source.uri}: no {SINGLE_FILE} or {INDEX_FILE} found ({found} among {len(files)} files); "
+        "point at a Hugging Face model folder or a .safetensors file"
     )
 
 
@@ -97,7 +128,13 @@ def _weight_map(source: CheckpointSource, files: list[str]) -> dict[str, str]:
     present = set(files)
     for tensor, file in weight_map.items():
         if not isinstance(file, str) or file not in present or "/" in file or "\\" in file or file in (".", ".."):
-            raise CheckpointError(f"{where}: lists tensor '{tensor}' in {file!r}, which is not a file of this folder")
+            raise CheckpointError(
+                f"{where}: lists tensor '{tensor[:200]}' in {str(file)[:200]!r}, which is not a file of this folder"
+            )
+        if not file.endswith(".safetensors"):
+            raise CheckpointError(
+                f"{where}: lists tensor '{tensor[:200]}' in {file!r}, which is not a .safetensors file"
+            )
     return weight_map
 
 
@@ -124,13 +161,14 @@ def _check_index(uri: str, source: CheckpointSource, tensors: dict[str, TensorIn
 
 
 def _read_json(source: CheckpointSource, name: str) -> dict:
+    """A small JSON side file (config.json, the index), strictly parsed and bounded."""
+    where = _where(source, name)
     size = source.size(name)
-    if size > 64 * 1024 * 1024:
-        raise CheckpointError(f"{_where(source, name)}: {size} bytes is too large for a JSON side file")
-    try:
-        doc = json.loads(source.read_range(name, 0, size))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{_where(source, name)}: invalid JSON ({exc})") from None
+    if size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{where}: {size} bytes is too large for a JSON side file (at most {MAX_JSON_BYTES})")
+    doc = load_json(source.read_range(name, 0, size), f"{where}: invalid JSON")
     if not isinstance(doc, dict):
-        raise CheckpointError(f"{_where(source, name)}: expected a JSON object")
+        raise CheckpointError(f"{where}: expected a JSON object")
+    if nesting(doc, MAX_JSON_DEPTH):
+        raise CheckpointError(f"{where}: nested more than {MAX_JSON_DEPTH} levels")
     return doc

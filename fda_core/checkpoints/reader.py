@@ -15,21 +15,30 @@ import torch
 
 from fda_core.checkpoints.header import TensorInfo
 from fda_core.checkpoints.layout import CheckpointLayout
-from fda_core.errors import CheckpointError
+from fda_core.errors import CheckpointError, NonFiniteError
 
 
 class TensorReader:
-    """Reads tensors of one checkpoint; files are fetched (downloaded if remote) on first use."""
+    """Reads tensors of one checkpoint; files are fetched (downloaded if remote) on first use.
 
-    def __init__(self, layout: CheckpointLayout) -> None:
+    With `check_finite`, a floating tensor holding NaN or ±inf is refused, naming the input and tensor."""
+
+    def __init__(self, layout: CheckpointLayout, check_finite: bool = False) -> None:
         self.layout = layout
+        self.check_finite = check_finite
         self._fds: dict[str, int] = {}
 
     def read(self, name: str) -> torch.Tensor:
         info = self.layout.tensors[name]
         buffer = torch.empty(info.nbytes, dtype=torch.uint8)
         self._read_into(info, buffer)
-        return buffer.view(info.torch_dtype).reshape(info.shape)
+        tensor = buffer.view(info.torch_dtype).reshape(info.shape)
+        if self.check_finite and info.is_float and not all_finite(tensor):
+            raise NonFiniteError(
+                f"{self.layout.describe(name)}: tensor '{name}' holds NaN or infinite values; "
+                "repair the checkpoint, or set check_finite: false to merge it anyway"
+            )
+        return tensor
 
     def _read_into(self, info: TensorInfo, buffer: torch.Tensor) -> None:
         fd = self._fd(info.file)
@@ -46,11 +55,22 @@ class TensorReader:
 
     def _fd(self, file: str) -> int:
         if file not in self._fds:
-            path: Path = self.layout.source.local_path(file)
-            self._fds[file] = os.open(path, os.O_RDONLY)
+            opener = getattr(self.layout.source, "open_file", None)  # local sources check what they open
+            if opener is not None:
+                self._fds[file] = opener(file)
+            else:
+                path: Path = self.layout.source.local_path(file)
+                self._fds[file] = os.open(path, os.O_RDONLY)
         return self._fds[file]
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no ±inf (FP8 is widened first: isfinite has no FP8 kernels)."""
+    if tensor.dtype.itemsize == 1 and tensor.is_floating_point():
+        tensor = tensor.to(torch.float16)
+    return bool(torch.isfinite(tensor).all())

@@ -10,6 +10,7 @@ of the anchor shape, and replayed for every call; batch-1 tensors broadcast over
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from fda_core.errors import ConfigError
 from fda_core.fda.objective import Params
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+MAX_DUMMY_PIXELS = 1 << 26  # channels × height × width of the one-image dummy input
 
 
 @dataclass
@@ -111,6 +114,96 @@ def discover_blocks(
     return [Block(prefix, module.eval(), shape, args[1:], kwargs, renames) for prefix in prefixes]
 
 
+def check_blocks(
+    config: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    tokens: int,
+    blocks: str | None = None,
+    ffn_only: bool = False,
+) -> list[Block]:
+    """The blocks discover_blocks would find, built on the meta device: no memory, no forward pass.
+
+    Every size comes from config.json, so this first checks, with integers, that the config describes
+    the checkpoint whose tensor `shapes` are given: its layer count, the shape of every parameter the
+    checkpoint stores, a one-layer skeleton no larger than the checkpoint, and dummy inputs of a sane
+    size. Only then is anything real worth building (discover_blocks). The blocks returned have no
+    captured call arguments: they name tensors and shapes, they cannot run."""
+    count = layer_count(config) if config.get("model_type") != "fda_mlp" else len(config.get("layer_sizes") or [])
+    if count > len(shapes):
+        raise ConfigError(f"config.json describes {count} layers but the checkpoint holds {len(shapes)} tensors")
+    if config.get("model_type") == "fda_mlp":
+        from fda_core.fda.mlp import mlp_blocks
+
+        _check_mlp_sizes(config, shapes)
+        with torch.device("meta"):
+            return mlp_blocks(config, list(shapes))
+    _check_dummy_inputs(config, tokens)
+    with torch.device("meta"):
+        skeleton = _one_layer_model(config)
+        path = _resolve_block_path(skeleton, blocks) if blocks else _find_block_list(skeleton, config)
+        module: nn.Module = cast(nn.ModuleList, skeleton.get_submodule(path))[0]
+        saved_path, renames = _saved_names(skeleton, path)
+        prefixes = _checkpoint_prefixes(saved_path, list(shapes), count)
+        _check_skeleton(skeleton, shapes, prefixes[0].removesuffix(f"{saved_path}.0."))
+        if not any(name.startswith(prefixes[-1]) for name in shapes):
+            raise ConfigError(
+                f"config.json describes {count} layers but the checkpoint has no '{prefixes[-1]}…' tensors"
+            )
+        width = next(
+            (int(config[k]) for k in ("hidden_size", "n_embd", "d_model") if isinstance(config.get(k), int)), 0
+        )
+        if ffn_only:
+            module, prefixes, renames = _ffn_of(module, prefixes, renames, path)
+            return [Block(prefix, module, (width,), renames=renames) for prefix in prefixes]
+        return [Block(prefix, module, (tokens, width), renames=renames) for prefix in prefixes]
+
+
+def _check_mlp_sizes(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    sizes = config.get("layer_sizes")
+    if not isinstance(sizes, list) or not all(type(size) is int and size > 0 for size in sizes):
+        raise ConfigError("fda_mlp config needs layer_sizes: a list of positive integers")
+    for index, (width_in, width_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        stored = shapes.get(f"layers.{index}.weight")
+        if stored is not None and stored != (width_out, width_in):
+            raise ConfigError(
+                f"fda_mlp layer_sizes say layers.{index}.weight is {[width_out, width_in]}, the checkpoint's is {list(stored)}"
+            )
+
+
+def _check_dummy_inputs(config: dict[str, Any], tokens: int) -> None:
+    """The one-layer model runs once on a dummy input of the anchor shape: it must be a small one."""
+    if "image_size" in config and "num_channels" in config:
+        size, channels = config["image_size"], config["num_channels"]
+        if not (type(size) is int and type(channels) is int and 0 < channels * size * size <= MAX_DUMMY_PIXELS):
+            raise ConfigError(f"config.json image_size {size!r} × num_channels {channels!r} is not a usable image size")
+        return
+    positions = next((config[k] for k in POSITION_KEYS if type(config.get(k)) is int), None)
+    if positions is not None and tokens > positions:
+        raise ConfigError(f"tokens: {tokens} per anchor, but the model takes at most {positions} positions")
+
+
+def _check_skeleton(skeleton: nn.Module, shapes: dict[str, tuple[int, ...]], wrapper: str) -> None:
+    """Each skeleton parameter the checkpoint stores (under `wrapper`, e.g. "model.") has the
+    checkpoint's shape, and the one-layer skeleton is no larger than the whole checkpoint:
+    config.json cannot make us build more than is there."""
+    stored = sum(math.prod(shape) for shape in shapes.values())
+    built = sum(p.numel() for p in skeleton.parameters()) + sum(b.numel() for b in skeleton.buffers())
+    if built > max(stored, 1 << 20):
+        raise ConfigError(
+            f"config.json describes a layer of {built:,} values, more than the checkpoint's {stored:,}; "
+            "it does not describe this checkpoint"
+        )
+    saved = _saved_parameter_names(skeleton)
+    for name, parameter in skeleton.named_parameters():
+        key = wrapper + saved.get(name, name)
+        if key in shapes and tuple(parameter.shape) != shapes[key]:
+            raise ConfigError(
+                f"config.json gives '{key}' the shape {list(parameter.shape)}, the checkpoint stores"
+                f" {list(shapes[key])}; it does not describe this checkpoint"
+            )
+
+
 def first_block_inputs(
     config: dict[str, Any],
     tensor_names: list[str],
@@ -190,19 +283,35 @@ def _one_layer_model(config: dict[str, Any]) -> nn.Module:
     model_type = config.get("model_type")
     if not model_type:
         raise ConfigError("config.json has no model_type; pass parameters.blocks for a custom model")
+    if not isinstance(model_type, str):
+        raise ConfigError(f"config.json model_type {model_type!r} is not a string")
     try:
         hf_config = AutoConfig.for_model(model_type, **values)
     except ValueError as exc:
         raise ConfigError(
-            f"model_type '{model_type}' is unknown to transformers ({exc}); pass parameters.blocks"
+            f"model_type '{model_type}' is unknown to transformers ({_first_line(exc)}); pass parameters.blocks"
         ) from None
+    except Exception as exc:  # transformers' own checks of the values: TypeError, ZeroDivisionError, …
+        raise ConfigError(f"config.json: transformers refuses it ({type(exc).__name__}: {_first_line(exc)})") from None
     for key in LAYER_COUNT_KEYS:
         if isinstance(getattr(hf_config, key, None), int):
             setattr(hf_config, key, 1)
     hf_config.use_cache = False
     with torch.random.fork_rng(devices=[]):  # the skeleton's random init must not move the caller's RNG
         torch.manual_seed(0)
-        return AutoModel.from_config(hf_config, attn_implementation="sdpa", trust_remote_code=False).float().eval()
+        try:
+            model = AutoModel.from_config(hf_config, attn_implementation="sdpa", trust_remote_code=False)
+        except Exception as exc:  # a config transformers accepts but cannot build (a head count of 0, …)
+            raise ConfigError(
+                f"config.json: transformers cannot build model_type '{model_type}' from it "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
+        return model.float().eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _resolve_block_path(skeleton: nn.Module, given: str) -> str:

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import torch
 
 from fda_core.checkpoints.header import DTYPE_NAMES
-from fda_core.checkpoints.layout import CheckpointLayout, inspect_checkpoint
+from fda_core.checkpoints.layout import CheckpointLayout, InputLimits, inspect_checkpoint
 from fda_core.checkpoints.validate import check_compatible
 from fda_core.checkpoints.writer import OutputTensor, plan_shards
 from fda_core.config import MergeConfig
-from fda_core.errors import ConfigError
-from fda_core.fda.blocks import Block, discover_blocks
+from fda_core.errors import ConfigError, InputLimitError
+from fda_core.fda.blocks import Block, check_blocks, discover_blocks
 from fda_core.fda.calibration import CalibrationSet, read_calibration
 from fda_core.fda.settings import FdaParams
 from fda_core.merge.params import ParameterResolver
@@ -67,16 +67,21 @@ class MergePlan:
         return ([self.base] if self.base else []) + self.experts
 
 
-def build_plan(config: MergeConfig, max_shard_bytes: int) -> MergePlan:
+def build_plan(
+    config: MergeConfig, max_shard_bytes: int, *, limits: InputLimits = InputLimits(), check_only: bool = False
+) -> MergePlan:
+    """The plan, or the first error any input or parameter has. With `check_only` (the service's
+    submit-time check) FDA's blocks stay on the meta device: such a plan validates, it cannot run."""
     method, fda, tensor_config = _methods(config)
     outside, outside_config = _outside_method(config, fda) if fda else (method, tensor_config)
-    layouts = [inspect_checkpoint(uri) for uri in config.input_locations()]
+    layouts = [inspect_checkpoint(uri, limits) for uri in config.input_locations()]
+    _check_input_bytes(layouts, limits)
     base = layouts[0] if config.base_model else None
     experts = layouts[1:] if base else layouts
     reference = base or experts[0]
     check_compatible(reference, [layout for layout in layouts if layout is not reference])
     names = _read_order(reference)
-    blocks = _fda_blocks(fda, reference, names) if fda else []
+    blocks = _fda_blocks(fda, reference, names, check_only) if fda else []
     names = _blocks_first(blocks, names)
     layer_count = num_layers_of(reference.config, names)
     _check_layer_count(config, reference, layer_count)
@@ -130,14 +135,29 @@ def _check_layer_count(config: MergeConfig, reference: CheckpointLayout, layer_c
         )
 
 
-def _fda_blocks(fda: FdaParams, reference: CheckpointLayout, names: list[str]) -> list[Block]:
+def _check_input_bytes(layouts: list[CheckpointLayout], limits: InputLimits) -> None:
+    if limits.input_bytes is None:
+        return
+    total = sum(max(info.end for info in layout.tensors.values()) for layout in layouts)  # ≤ the weight files
+    if total > limits.input_bytes:
+        raise InputLimitError(
+            f"the inputs hold {total:,} bytes of tensors; this service merges at most {limits.input_bytes:,} per job"
+        )
+
+
+def _fda_blocks(fda: FdaParams, reference: CheckpointLayout, names: list[str], check_only: bool) -> list[Block]:
+    """Blocks checked on the meta device against the checkpoint first (config.json decides every size),
+    then, to run, discovered for real."""
     if reference.config is None:
         raise ConfigError(f"{reference.uri}: FDA needs the base model's config.json to build its blocks")
-    blocks = discover_blocks(reference.config, names, tokens=fda.tokens, blocks=fda.blocks, ffn_only=fda.ffn_only)
+    shapes = {name: reference.tensors[name].shape for name in names}
+    blocks = check_blocks(reference.config, shapes, tokens=fda.tokens, blocks=fda.blocks, ffn_only=fda.ffn_only)
     for block in blocks:
         for parameter, (_, value) in zip(block.parameter_names, block.module.named_parameters()):
             _check_block_tensor(reference, block.checkpoint_name(parameter), tuple(value.shape))
-    return blocks
+    if check_only:
+        return blocks
+    return discover_blocks(reference.config, names, tokens=fda.tokens, blocks=fda.blocks, ffn_only=fda.ffn_only)
 
 
 def _check_block_tensor(reference: CheckpointLayout, name: str, shape: tuple[int, ...]) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from fda_core.checkpoints.header import DTYPES
-from fda_core.checkpoints.layout import CheckpointLayout
-from fda_core.checkpoints.reader import TensorReader
+from fda_core.checkpoints.layout import CheckpointLayout, InputLimits
+from fda_core.checkpoints.reader import TensorReader, all_finite
 from fda_core.checkpoints.writer import BackgroundWriter, ShardedWriter, WrittenShard
 from fda_core.config import MergeConfig
-from fda_core.errors import ConfigError, MergeCancelled
+from fda_core.errors import ConfigError, MergeCancelled, NonFiniteError
 from fda_core.fda.anchors import AnchorStore
 from fda_core.fda.runner import AnchorSupplier, FdaRun, merge_blocks
 from fda_core.merge.norm_check import norm_warning
@@ -41,6 +41,7 @@ class MergeOptions:
     overwrite: bool = False
     anchor_cache: Path | None = None  # FDA: reuse anchors across merges (content-addressed)
     anchor_supplier: AnchorSupplier | None = None  # FDA: given inputs instead of constructed anchors (ceilings)
+    limits: InputLimits = InputLimits()  # what reading the inputs may cost (the service sets its own)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def run_merge(
     device = resolve_device(options.device)
     check_output_free(Path(out_dir), options.overwrite)
     report(MergeProgress("validate", 0, 1))
-    plan = build_plan(config, options.max_shard_bytes)
+    plan = build_plan(config, options.max_shard_bytes, limits=options.limits)
     clock.lap("validate")
     with staging_directory(Path(out_dir), options.overwrite) as staging:
         _fetch_inputs(plan.inputs, report)
@@ -126,7 +127,7 @@ def _merge_tensors(
     options: MergeOptions,
 ) -> tuple[list[WrittenShard], dict[str, Any]]:
     writer = BackgroundWriter(ShardedWriter(staging, plan.shards, safetensors_metadata(build_provenance(plan, None))))
-    readers = [TensorReader(layout) for layout in plan.inputs]
+    readers = [TensorReader(layout, check_finite=plan.config.check_finite) for layout in plan.inputs]
     metrics: dict[str, Any] = {}
     try:
         warning = norm_warning(plan, readers)
@@ -167,7 +168,7 @@ def _fda_run(
     store = AnchorStore(options.anchor_cache) if options.anchor_cache else None
 
     def cast(task: TensorTask, tensor: torch.Tensor) -> torch.Tensor:
-        return cast_output(task.name, tensor, DTYPES[task.output.dtype][0])
+        return cast_output(task.name, tensor, DTYPES[task.output.dtype][0], check_finite=plan.config.check_finite)
 
     config_digest = hashlib.sha256(json.dumps(plan.reference.config, sort_keys=True).encode()).hexdigest()
     return FdaRun(
@@ -191,11 +192,17 @@ def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader],
         task.name, base, experts, task.params, list(task.model_params), _generator(plan, task, device)
     )
     merged = task.method.merge(inputs)
-    return cast_output(task.name, merged, DTYPES[task.output.dtype][0])
+    return cast_output(task.name, merged, DTYPES[task.output.dtype][0], check_finite=plan.config.check_finite)
 
 
-def cast_output(name: str, merged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Cast to the output dtype, refusing values the dtype cannot hold (bf16 → fp16 overflow)."""
+def cast_output(name: str, merged: torch.Tensor, dtype: torch.dtype, check_finite: bool = False) -> torch.Tensor:
+    """Cast to the output dtype, refusing values the dtype cannot hold (bf16 → fp16 overflow) and, with
+    `check_finite`, a merge that produced NaN or ±inf."""
+    if check_finite and merged.is_floating_point() and not all_finite(merged):
+        raise NonFiniteError(
+            f"tensor '{name}': the merge produced NaN or infinite values; check the method's parameters "
+            "(or set check_finite: false)"
+        )
     out = merged.to(dtype=dtype)
     if (
         dtype.itemsize < merged.dtype.itemsize

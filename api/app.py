@@ -4,25 +4,30 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import problems
+from api import openapi, problems
+from api.headers import SecurityHeaders
 from api.limits import BodySizeLimit
-from api.routers import dashboard, health, jobs, keys, schedules, webhooks
+from api.routers import dashboard, docs, health, jobs, keys, schedules, tenant, webhooks
 from fda_core import __version__
+from service.preflight import PreflightGate
 from service.queue import CeleryDispatcher, Dispatcher
 from service.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="fda-merge", version=__version__, description="Merge fine-tuned checkpoints, FDA included.")
+    app = FastAPI(
+        title="fda-merge", version=__version__, description="Merge fine-tuned checkpoints, FDA included.",
+        docs_url=None, redoc_url=None,  # our own pages (api/routers/docs.py): assets served here, no CDN
+    )  # fmt: skip
     app.state.settings = settings
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings.broker_url)
+    app.state.preflight_gate = PreflightGate(settings.limits.concurrent_preflights)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(problems.CatchAll)  # inside the headers: a 500 gets them too
+    app.add_middleware(SecurityHeaders)
     problems.install(app)
-    app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(schedules.router)
-    app.include_router(webhooks.router)
-    app.include_router(keys.router)
-    app.include_router(dashboard.router)
+    openapi.install(app)
+    for module in (health, jobs, schedules, webhooks, keys, tenant, dashboard, docs):
+        app.include_router(module.router)
     return app

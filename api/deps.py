@@ -6,12 +6,16 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, Unauthorized, authenticate
 from service.db import session_factory
+from service.preflight import PreflightGate
 from service.queue import Dispatcher
 from service.settings import Settings
+
+bearer = HTTPBearer(auto_error=False, description="An API key: fdamerge keys create prints one", bearerFormat="fdm_…")
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -30,17 +34,22 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
+def get_preflight_gate(request: Request) -> PreflightGate:
+    return request.app.state.preflight_gate
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]  # closed before the response streams
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+PreflightGateDep = Annotated[PreflightGate, Depends(get_preflight_gate)]
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
+def get_principal(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("send 'Authorization: Bearer <API key>' (fdamerge keys create prints one)")
-    return authenticate(session, key.strip())
+    return authenticate(session, credentials.credentials.strip())
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,9 +11,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from api.openapi import PROBLEM, TITLES
 from fda_core.errors import FdaMergeError
 from service.auth import Forbidden, Unauthorized
 from service.errors import Conflict, IdempotencyMismatch, InvalidRequest, LeaseLost, NotFound, ServiceError
+from service.limits import Busy, QuotaExceeded
 
 log = logging.getLogger(__name__)
 STATUS: dict[type[Exception], int] = {
@@ -23,34 +26,41 @@ STATUS: dict[type[Exception], int] = {
     LeaseLost: 409,
     Unauthorized: 401,
     Forbidden: 403,
+    QuotaExceeded: 429,
+    Busy: 503,
 }
-TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
-          413: "Content Too Large", 422: "Unprocessable Content", 500: "Internal Server Error"}  # fmt: skip
 
 
-def problem(status: int, detail: str, request: Request, code: str, **extensions: Any) -> JSONResponse:
+def problem(status: int, detail: str, instance: str, code: str, **extensions: Any) -> JSONResponse:
     body = {
         "type": f"https://fda-merge.dev/problems/{code}",
         "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": instance,
         "code": code,
-        **extensions,
+        **{k: v for k, v in extensions.items() if k != "headers"},
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    headers.update(extensions.get("headers") or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 400)
-        return problem(status, str(exc), request, exc.code, param=getattr(exc, "param", None))
+        extensions: dict[str, Any] = {"param": getattr(exc, "param", None)}
+        if getattr(exc, "limit", None):
+            extensions["limit"] = exc.limit  # type: ignore[attr-defined]
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            extensions["headers"] = {"Retry-After": str(retry_after)}
+        return problem(status, str(exc), request.url.path, exc.code, **extensions)
 
     @app.exception_handler(FdaMergeError)
     async def merge_error(request: Request, exc: FdaMergeError) -> JSONResponse:
-        return problem(422, str(exc), request, "invalid_config")
+        return problem(422, str(exc), request.url.path, "invalid_config")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -61,17 +71,46 @@ def install(app: FastAPI) -> None:
             }
             for e in exc.errors()
         ]
-        detail = "; ".join(f"{e['param']}: {e['message']}" for e in errors)
+        detail = "; ".join(f"{e['param']}: {e['message']}" for e in errors)[:2000]
         return problem(
-            422, detail, request, "invalid_request", param=errors[0]["param"] if errors else None, errors=errors
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return problem(500, "internal error; it has been logged", request, "internal_error")
+            422, detail, request.url.path, "invalid_request", param=errors[0]["param"] if errors else None,
+            errors=errors[:50],
+        )  # fmt: skip
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = "body_too_large" if exc.status_code == 413 else f"http_{exc.status_code}"
-        return problem(exc.status_code, str(exc.detail), request, code)
+        return problem(exc.status_code, str(exc.detail), request.url.path, code, headers=exc.headers)
+
+
+class CatchAll:
+    """Pure ASGI: an unexpected exception becomes a 500 problem (the traceback logged for operators,
+    a reference for the tenant) and the connection stays usable — Starlette's own handler re-raises,
+    so the server closed the connection after every 500."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("unhandled error on %s (reference %s)", scope.get("path"), reference)
+            if started:
+                raise  # the response is half sent: only closing the connection tells the client
+            response = problem(
+                500, f"internal error (reference {reference}); it has been logged", scope.get("path", ""),
+                "internal_error",
+            )  # fmt: skip
+            await response(scope, receive, send)

@@ -7,25 +7,17 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from fda_core.config import MergeConfig
+from service.jobspec import JobSpec
 from service.models import Artifact, JobEvent, MergeJob
 
-
-class MergeJobCreate(MergeConfig):
-    """An fda_core merge config (method, base_model, models, parameters, dtype, seed, layers) plus where and
-    what for."""
-
-    output: str | None = Field(
-        None, max_length=512, description="Prefix under the service's storage; default: the job id"
-    )
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=32, description="Free key/values, filterable")
-
-    def merge_config(self) -> MergeConfig:
-        return MergeConfig.model_validate(self.model_dump(exclude={"output", "metadata"}))
+MergeJobCreate = JobSpec  # the request body: one typed job specification (service/jobspec.py)
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+EventKind = Literal["status", "progress", "log"]
+ArtifactKind = Literal["model", "anchors", "card", "provenance", "file"]
 
 
 class JobErrorPublic(BaseModel):
-    code: str
+    code: str = Field(description="invalid_config, checkpoint_error, pickle_checkpoint, incompatible_models, …")
     message: str
     param: str | None = None
 
@@ -33,7 +25,7 @@ class JobErrorPublic(BaseModel):
 class MergeJobPublic(BaseModel):
     id: str
     object: Literal["merge_job"] = "merge_job"
-    status: str
+    status: JobStatus
     stage: str | None
     progress: float
     attempt: int
@@ -72,7 +64,7 @@ class Page(BaseModel, Generic[T]):
 class JobEventPublic(BaseModel):
     id: int
     at: datetime
-    kind: str
+    kind: EventKind
     attempt: int
     message: str
     data: dict[str, Any]
@@ -85,7 +77,7 @@ class JobEventPublic(BaseModel):
 
 
 class ArtifactPublic(BaseModel):
-    kind: str
+    kind: ArtifactKind
     path: str
     uri: str
     size: int

@@ -8,14 +8,16 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from service.errors import ServiceError
+from service.errors import InvalidRequest, NotFound, ServiceError
 from service.ids import new_id
 from service.models import ApiKey, Tenant, utcnow
 
-SCOPES = ("jobs:read", "jobs:write", "schedules:write", "admin")
+SCOPES = ("jobs:read", "jobs:write", "schedules:write", "admin", "metrics:read")
+TENANT_SCOPES = ("jobs:read", "jobs:write", "schedules:write", "admin")  # what admin implies and may grant
+OPERATOR_SCOPES = ("metrics:read",)  # fleet-wide: granted by an operator (fdamerge keys create) only
 DEFAULT_SCOPES = ("jobs:read", "jobs:write")
 KEY_PREFIX = "fdm"
 
@@ -37,21 +39,44 @@ class Principal:
     allowed_prefixes: tuple[str, ...]
 
     def require(self, scope: str) -> None:
-        if scope not in self.scopes and "admin" not in self.scopes:
+        implied = "admin" in self.scopes and scope in TENANT_SCOPES
+        if scope not in self.scopes and not implied:
             raise Forbidden(f"this API key lacks the {scope!r} scope")
 
 
 def ensure_tenant(session: Session, name: str, allowed_prefixes: list[str] | None = None) -> Tenant:
     """The tenant called `name` (created if new); given prefixes are added to its allowlist."""
-    tenant = session.scalars(select(Tenant).where(Tenant.name == name)).first()
+    tenant = tenant_named(session, name)
     if tenant is None:
-        tenant = Tenant(id=new_id("tn"), name=name, allowed_prefixes=[])
+        tenant = Tenant(id=new_id("tn"), name=name, allowed_prefixes=[], disabled=False)
         session.add(tenant)
     new = [p for p in allowed_prefixes or [] if p not in tenant.allowed_prefixes]
     if new:
         tenant.allowed_prefixes = [*tenant.allowed_prefixes, *new]
     session.flush()
     return tenant
+
+
+def tenant_named(session: Session, name: str) -> Tenant | None:
+    return session.scalars(select(Tenant).where(Tenant.name == name)).first()
+
+
+def narrow_allowlist(tenant: Tenant, keep: list[str]) -> None:
+    """Keep only entries already on the allowlist (a tenant may narrow its own, never widen it)."""
+    extra = [entry for entry in keep if entry not in tenant.allowed_prefixes]
+    if extra:
+        raise InvalidRequest(
+            f"allowed_inputs: {extra[0]!r} is not on this tenant's allowlist; only an operator can add entries"
+            " (fdamerge tenants allow)",
+            "allowed_inputs",
+        )
+    tenant.allowed_prefixes = [entry for entry in tenant.allowed_prefixes if entry in keep]
+
+
+def active_keys(session: Session, tenant_id: str) -> int:
+    live = or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > utcnow())
+    query = select(func.count()).where(ApiKey.tenant_id == tenant_id, ApiKey.revoked.is_(False), live)
+    return int(session.scalar(query) or 0)
 
 
 def create_api_key(
@@ -62,6 +87,8 @@ def create_api_key(
     unknown = sorted(set(wanted) - set(SCOPES))
     if unknown:
         raise ValueError(f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValueError(f"expires_at {expires_at.isoformat()} has already passed; give a future time")
     lookup, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     plaintext = f"{KEY_PREFIX}_{lookup}_{secret}"
     session.add(
@@ -85,6 +112,8 @@ def authenticate(session: Session, presented: str) -> Principal:
     if key.revoked or (key.expires_at is not None and key.expires_at <= utcnow()):
         raise Unauthorized("API key revoked or expired")
     tenant = session.get_one(Tenant, key.tenant_id)
+    if tenant.disabled:
+        raise Unauthorized("this API key's tenant is disabled")
     return Principal(tenant.id, frozenset(key.scopes), tuple(tenant.allowed_prefixes))
 
 
@@ -101,12 +130,30 @@ def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)))
 
 
-def revoke_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
-    from service.errors import NotFound
-
+def get_key(session: Session, key_id: str, tenant_id: str | None = None) -> ApiKey:
+    """A key by id (its tenant's only, when `tenant_id` is given: another's answers NotFound)."""
     key = session.get(ApiKey, key_id)
-    if key is None or key.tenant_id != tenant_id:
+    if key is None or (tenant_id is not None and key.tenant_id != tenant_id):
         raise NotFound(f"no API key {key_id!r}")
+    return key
+
+
+def revoke_key(session: Session, tenant_id: str | None, key_id: str) -> ApiKey:
+    key = get_key(session, key_id, tenant_id)
     key.revoked = True
+    session.commit()
+    return key
+
+
+def expire_key(session: Session, tenant_id: str | None, key_id: str, at: datetime) -> ApiKey:
+    """Set when the key stops working (a time in the future; revoke to stop it now)."""
+    if at.tzinfo is None:
+        raise InvalidRequest("expires_at: give a time zone (e.g. 2030-01-01T00:00:00Z)", "expires_at")
+    if at <= utcnow():
+        raise InvalidRequest("expires_at: already passed; to stop a key now, revoke it", "expires_at")
+    key = get_key(session, key_id, tenant_id)
+    if key.revoked:
+        raise InvalidRequest(f"key {key_id} is revoked; it cannot be given a new expiry", "expires_at")
+    key.expires_at = at
     session.commit()
     return key

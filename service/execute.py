@@ -16,20 +16,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fda_core.config import parse_config
+from fda_core.checkpoints.sources import LocalAccess, local_access
 from fda_core.errors import (
     CheckpointError,
     ConfigError,
     FdaMergeError,
     IncompatibleModelsError,
+    InputLimitError,
     MergeCancelled,
+    NonFiniteError,
     PickleCheckpointError,
 )
 from fda_core.merge.progress import MergeProgress
 from fda_core.merge.run import MergeOptions, MergeResult, run_merge
 from service import checkpoint_cache
 from service.db import session_scope
-from service.errors import LeaseLost
+from service.errors import LeaseLost, ServiceError
 from service.jobs import (
     attempt_prefix,
     cancelled_by_worker,
@@ -40,13 +42,19 @@ from service.jobs import (
     output_base,
     record_progress,
 )
+from service.jobspec import JobSpec
 from service.observability import logging_job
+from service.preflight import input_limits
+from service.queue import Dispatcher
 from service.settings import Settings
 from service.sources import register_s3
 from service.storage import Storage, make_storage, put_tree
+from service.submission import InputNotAllowed, recheck
 
 ERROR_CODES: list[tuple[type[Exception], str]] = [
     (PickleCheckpointError, "pickle_checkpoint"),
+    (InputLimitError, "limit_exceeded"),
+    (NonFiniteError, "non_finite"),
     (IncompatibleModelsError, "incompatible_models"),
     (CheckpointError, "checkpoint_error"),
     (ConfigError, "invalid_config"),
@@ -121,24 +129,70 @@ def _describe(progress: MergeProgress) -> str:
     return f"{progress.phase}{where}: {progress.done}/{progress.total}"
 
 
-def execute_job(job_id: str, settings: Settings, worker_id: str | None = None) -> str:
-    """Run the job if this worker can claim it; returns the job's status as this worker left it."""
+def execute_job(
+    job_id: str, settings: Settings, worker_id: str | None = None, dispatcher: Dispatcher | None = None
+) -> str:
+    """Run the job if this worker can claim it; returns the job's status as this worker left it.
+    With a dispatcher, the tenant's next waiting job is sent when this attempt ends (service.dispatch)."""
     worker_id = worker_id or worker_name()
     with session_scope(settings.database_url) as session:
         job = claim_job(session, job_id, worker_id=worker_id, lease_seconds=settings.lease_seconds)
         if job is None:
             return "not_claimed"  # running elsewhere, finished, or cancelled: a duplicate delivery
-        config, base, attempt, tenant = job.config, output_base(job), job.attempt, job.tenant_id
+        base, attempt, tenant = output_base(job), job.attempt, job.tenant_id
+        sealed = _sealed(session, settings, job)
     for counter in checkpoint_cache.stats:  # this job's own cache figures, even in a reused process
         checkpoint_cache.stats[counter] = 0
     with logging_job(job_id, tenant, attempt):
         log.info("claimed by %s", worker_id)
-        outcome = _execute_claimed(settings, job_id, worker_id, config, base, attempt)
+        if isinstance(sealed, ServiceError):
+            outcome = _Refusal(settings, job_id, worker_id).end(sealed)
+        else:
+            outcome = _execute_claimed(settings, job_id, worker_id, sealed, base, attempt)
         log.info("attempt ended: %s", outcome)
-        return outcome
+    if dispatcher is not None:
+        from service.dispatch import dispatch
+
+        dispatch(settings, dispatcher, tenant)
+    return outcome
 
 
-def _execute_claimed(settings: Settings, job_id: str, worker_id: str, config, base: str, attempt: int) -> str:
+def _sealed(session, settings: Settings, job) -> tuple[JobSpec, LocalAccess] | ServiceError:
+    """The job's spec, validated again, and what it may read — checked against the tenant as it is
+    now (its allowlist may have narrowed, the tenant may be disabled) — or why it may not run."""
+    from pydantic import ValidationError
+
+    from service.errors import InvalidRequest
+
+    try:
+        spec = JobSpec.of_job(job)
+        return spec, recheck(session, settings, job.tenant_id, spec).local_access()
+    except ServiceError as exc:
+        return exc
+    except ValidationError as exc:
+        return InvalidRequest(f"the stored job no longer validates: {exc.errors()[0]['msg']}", None)
+
+
+class _Refusal:
+    def __init__(self, settings: Settings, job_id: str, worker_id: str) -> None:
+        self.settings, self.job_id, self.worker_id = settings, job_id, worker_id
+
+    def end(self, reason: ServiceError) -> str:
+        code = "input_not_allowed" if isinstance(reason, InputNotAllowed) else reason.code
+        try:
+            with session_scope(self.settings.database_url) as session:
+                fail_job(
+                    session, self.job_id, worker_id=self.worker_id, code=code, message=str(reason),
+                    param=getattr(reason, "param", None),
+                )  # fmt: skip
+        except LeaseLost:
+            return "lease_lost"
+        return "failed"
+
+
+def _execute_claimed(
+    settings: Settings, job_id: str, worker_id: str, sealed: tuple[JobSpec, LocalAccess], base: str, attempt: int
+) -> str:
     register_s3(settings)
     storage = make_storage(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
     scratch = Path(settings.cache_dir) / "jobs" / f"{job_id}-{attempt}"
@@ -149,7 +203,9 @@ def _execute_claimed(settings: Settings, job_id: str, worker_id: str, config, ba
         for earlier in range(1, attempt):  # leftovers of attempts whose workers died: they can never publish
             storage.delete_prefix(attempt_prefix(base, earlier))
         attempt_run = _Attempt(settings, job_id, worker_id, storage, attempt_prefix(base, attempt), beat)
-        return attempt_run.run(config, scratch)
+        spec, access = sealed
+        with local_access(access):
+            return attempt_run.run(spec, scratch)
     finally:
         beat.stopped.set()
         beat.join()
@@ -167,9 +223,9 @@ class _Attempt:
     def should_stop(self) -> bool:
         return self.beat.cancel.is_set() or self.beat.lost.is_set()
 
-    def run(self, config: dict[str, Any], scratch: Path) -> str:
+    def run(self, spec: JobSpec, scratch: Path) -> str:
         try:
-            result, stored = self._merge_and_upload(config, scratch)
+            result, stored = self._merge_and_upload(spec, scratch)
             with session_scope(self.settings.database_url) as session:
                 finish_job(
                     session, self.job_id, worker_id=self.worker_id,
@@ -182,13 +238,14 @@ class _Attempt:
             self.storage.delete_prefix(self.prefix)
             return self._record_failure(exc)
 
-    def _merge_and_upload(self, config: dict[str, Any], scratch: Path) -> tuple[MergeResult, list]:
+    def _merge_and_upload(self, spec: JobSpec, scratch: Path) -> tuple[MergeResult, list]:
         options = MergeOptions(
-            device=self.settings.device, overwrite=True, anchor_cache=Path(self.settings.cache_dir) / "anchors"
-        )
+            device=self.settings.device, overwrite=True, anchor_cache=Path(self.settings.cache_dir) / "anchors",
+            limits=input_limits(self.settings.limits),
+        )  # fmt: skip
         reporter = ProgressReporter(self.settings, self.job_id, self.worker_id)
         scratch.mkdir(parents=True, exist_ok=True)
-        result = run_merge(parse_config(config, "config"), scratch / "out", options, reporter, self.should_stop)
+        result = run_merge(spec.merge_config(), scratch / "out", options, reporter, self.should_stop)
         if self.should_stop():
             raise MergeCancelled("cancelled after the merge, before upload")
         return result, put_tree(self.storage, scratch / "out", self.prefix)
@@ -202,8 +259,8 @@ class _Attempt:
             raise exc  # KeyboardInterrupt / SystemExit: the worker is going away; the reaper hands the job on
         if isinstance(exc, FdaMergeError):
             return self._end("failed", next(code for kind, code in ERROR_CODES if isinstance(exc, kind)), str(exc))
-        log.exception("job %s failed unexpectedly", self.job_id)
-        return self._end("failed", "internal_error", f"{type(exc).__name__}: {exc}")
+        log.exception("job %s failed unexpectedly", self.job_id)  # operators get the traceback; the tenant, a reference
+        return self._end("failed", "internal_error", f"internal error (reference {self.job_id}); it has been logged")
 
     def _end(self, status: str, code: str = "", message: str = "") -> str:
         try:

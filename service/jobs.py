@@ -7,11 +7,9 @@ a duplicate queue delivery, a stale worker or a racing reaper can never move a j
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -22,23 +20,16 @@ from service.ids import new_id
 from service.models import Artifact, JobEvent, MergeJob, Metric, utcnow
 from service.webhooks import record_event
 
+if TYPE_CHECKING:
+    from service.jobspec import JobSpec
+
 ACTIVE = ("running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    config: dict[str, Any]
-    output_prefix: str | None = None
-    metadata: dict[str, Any] | None = None
-
-    def digest(self) -> str:
-        document = {"config": self.config, "output": self.output_prefix, "metadata": self.metadata or {}}
-        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+STATUSES = ("queued", *ACTIVE, *TERMINAL)
 
 
 def submit_job(
-    session: Session, *, tenant_id: str, request: JobRequest, idempotency_key: str | None = None, max_attempts: int = 3
+    session: Session, *, tenant_id: str, request: JobSpec, idempotency_key: str | None = None, max_attempts: int = 3
 ) -> tuple[MergeJob, bool]:
     """A new queued job (committed), or the job an earlier request with this Idempotency-Key created.
 
@@ -60,11 +51,11 @@ def submit_job(
     return job, True
 
 
-def insert_job(session: Session, tenant_id: str, request: JobRequest, max_attempts: int, **links: Any) -> MergeJob:
+def insert_job(session: Session, tenant_id: str, request: JobSpec, max_attempts: int, **links: Any) -> MergeJob:
     """A queued job and its first event, flushed but not committed (links: idempotency_key, schedule_id, fire_time)."""
     job = MergeJob(
-        id=new_id("mj"), tenant_id=tenant_id, status="queued", stage="queued", config=request.config,
-        output_prefix=request.output_prefix, metadata_=request.metadata or {}, request_sha256=request.digest(),
+        id=new_id("mj"), tenant_id=tenant_id, status="queued", stage="queued", config=request.config_document(),
+        output_prefix=request.output, metadata_=dict(request.metadata), request_sha256=request.digest(),
         max_attempts=max_attempts, **links,
     )  # fmt: skip
     session.add(job)
@@ -74,7 +65,7 @@ def insert_job(session: Session, tenant_id: str, request: JobRequest, max_attemp
     return job
 
 
-def find_replay(session: Session, tenant_id: str, key: str, request: JobRequest) -> MergeJob | None:
+def find_replay(session: Session, tenant_id: str, key: str, request: JobSpec) -> MergeJob | None:
     """The job an earlier request with this Idempotency-Key created; IdempotencyMismatch if the body differs."""
     earlier = _by_idempotency_key(session, tenant_id, key)
     return _replayed(earlier, request) if earlier is not None else None
@@ -85,7 +76,7 @@ def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> MergeJob 
     return session.scalars(query).first()
 
 
-def _replayed(job: MergeJob, request: JobRequest) -> MergeJob:
+def _replayed(job: MergeJob, request: JobSpec) -> MergeJob:
     if job.request_sha256 != request.digest():
         raise IdempotencyMismatch(f"Idempotency-Key was used for a different request (job {job.id})")
     return job
@@ -103,15 +94,6 @@ def attempt_prefix(base: str, attempt: int) -> str:
 def mark_enqueued(session: Session, job_id: str) -> None:
     session.execute(update(MergeJob).where(MergeJob.id == job_id).values(enqueued_at=utcnow()))
     session.commit()
-
-
-def unsent_jobs(session: Session, older_than: float = 30.0) -> list[str]:
-    """Queued jobs whose message never reached the queue (broker down at submit or at requeue)."""
-    cutoff = utcnow() - timedelta(seconds=older_than)
-    query = select(MergeJob.id).where(
-        MergeJob.status == "queued", MergeJob.enqueued_at.is_(None), MergeJob.created_at < cutoff
-    )
-    return list(session.scalars(query))
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> MergeJob:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -54,6 +55,7 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     allowed_prefixes: Mapped[list[str]] = mapped_column(default=list)  # s3://bucket[/prefix] inputs may come from
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # keys refused, no runs
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -98,6 +100,7 @@ class MergeJob(Base):
         UniqueConstraint("schedule_id", "fire_time", name="uq_merge_jobs_schedule_fire"),
         Index("ix_merge_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_merge_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_merge_jobs_tenant_status", "tenant_id", "status"),  # per-tenant quotas and dispatch
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from service.db import session_scope
-from service.jobs import mark_enqueued, reap_expired, unsent_jobs
+from service.jobs import mark_enqueued, reap_expired
 from service.queue import Dispatcher
 from service.settings import Settings
 from service.storage import make_storage
@@ -15,22 +15,17 @@ log = logging.getLogger(__name__)
 
 
 def reap_and_requeue(settings: Settings, dispatcher: Dispatcher) -> list[str]:
-    """Returns the jobs sent to the queue again."""
+    """Returns the jobs sent to the queue: those whose lease expired (back in their tenant's window)
+    and every waiting job that now fits its tenant's window (service.dispatch)."""
+    from service.dispatch import dispatch_all
+
     with session_scope(settings.database_url) as session:
         reaped = reap_expired(session)
-        unsent = unsent_jobs(session)
     if reaped.ended:
         storage = make_storage(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
         for base in reaped.ended:
             storage.delete_prefix(base)
-    sent = []
-    for job_id in [*reaped.requeued, *unsent]:
-        try:
-            send(settings, dispatcher, job_id)
-            sent.append(job_id)
-        except Exception:  # the broker is down: the job stays unsent and the next tick tries again
-            log.exception("could not enqueue job %s", job_id)
-    return sent
+    return dispatch_all(settings, dispatcher)
 
 
 def send(settings: Settings, dispatcher: Dispatcher, job_id: str) -> None:
@@ -49,13 +44,16 @@ def send_quietly(settings: Settings, dispatcher: Dispatcher, job_id: str) -> Non
 
 
 def fire_schedules(settings: Settings, dispatcher: Dispatcher) -> list[str]:
-    """One scheduler tick: jobs for the due schedules, committed, then sent."""
+    """One scheduler tick: jobs for the due schedules, committed, then sent as their tenants' windows allow."""
+    from service.dispatch import dispatch
+    from service.models import MergeJob
     from service.schedules import tick
 
     with session_scope(settings.database_url) as session:
-        created = tick(session, settings.max_attempts)
-    for job_id in created:
-        send_quietly(settings, dispatcher, job_id)
+        created = tick(session, settings)
+        tenants = {session.get_one(MergeJob, job_id).tenant_id for job_id in created}
+    for tenant_id in sorted(tenants):
+        dispatch(settings, dispatcher, tenant_id)
     return created
 
 

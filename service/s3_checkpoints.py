@@ -34,8 +34,10 @@ SINGLE_FILE_SUFFIXES = (
 class S3Source:
     """A model folder (a key prefix) or one object in an S3 bucket."""
 
-    def __init__(self, uri: str, client, cache_dir: Path, cache_max_bytes: int | None = None) -> None:
-        self.uri = uri
+    def __init__(
+        self, uri: str, client, cache_dir: Path, cache_max_bytes: int | None = None, max_files: int = 10_000
+    ) -> None:
+        self.uri, self.max_files = uri, max_files
         self.cache_root, self.cache_max_bytes = cache_dir, cache_max_bytes
         self.client = client
         self.bucket, key = split_s3_uri(uri)
@@ -55,10 +57,12 @@ class S3Source:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
             )
-            objects = {
-                item["Key"][len(self.prefix):]: {"size": item["Size"], "etag": item["ETag"]}
-                for page in pages for item in page.get("Contents", [])
-            }  # fmt: skip
+            objects: dict[str, dict] = {}
+            for page in pages:
+                for item in page.get("Contents", []):
+                    objects[item["Key"][len(self.prefix) :]] = {"size": item["Size"], "etag": item["ETag"]}
+                if len(objects) > self.max_files:
+                    raise CheckpointError(f"{self.uri}: more than {self.max_files} objects; not a model folder")
         except (ClientError, BotoCoreError) as exc:
             raise CheckpointError(f"{self.uri}: {_describe(exc)}") from None
         if not objects:

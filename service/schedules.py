@@ -15,15 +15,19 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.dispatch import check_queue_quota
+from service.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from service.ids import new_id
-from service.jobs import ACTIVE, JobRequest, insert_job
-from service.models import MergeJob, Schedule, Tenant, utcnow
-from service.submission import check_input_allowed
+from service.jobs import ACTIVE, insert_job
+from service.jobspec import JobSpec
+from service.limits import LimitExceeded
+from service.models import MergeJob, Schedule, utcnow
+from service.settings import Settings
+from service.submission import recheck
 
 OVERLAP = ("skip", "queue")
 log = logging.getLogger(__name__)
@@ -62,16 +66,20 @@ class ScheduleSpec:
     name: str
     cron: str
     timezone: str
-    template: dict[str, Any]  # {"config", "output", "metadata"}: a validated merge-job request
+    template: JobSpec  # what each run submits, stored as JobSpec.stored()
     overlap: str = "skip"
     paused: bool = False
 
 
-def create_schedule(session: Session, tenant_id: str, spec: ScheduleSpec) -> Schedule:
+def create_schedule(session: Session, tenant_id: str, spec: ScheduleSpec, max_schedules: int | None = None) -> Schedule:
     check_timing(spec.cron, spec.timezone)
+    if max_schedules is not None:
+        count = session.scalar(select(func.count()).where(Schedule.tenant_id == tenant_id)) or 0
+        if count >= max_schedules:
+            raise LimitExceeded(f"this tenant has {count} schedules", "name", "schedules_per_tenant")
     schedule = Schedule(
         id=new_id("sch"), tenant_id=tenant_id, name=spec.name, cron=spec.cron, timezone=spec.timezone,
-        template=spec.template, overlap=spec.overlap, paused=spec.paused,
+        template=spec.template.stored(), overlap=spec.overlap, paused=spec.paused,
         next_fire_at=next_fire(spec.cron, spec.timezone, utcnow()),
     )  # fmt: skip
     session.add(schedule)
@@ -95,10 +103,10 @@ def list_schedules(session: Session, tenant_id: str) -> list[Schedule]:
 
 
 def update_schedule(session: Session, tenant_id: str, schedule_id: str, **changes: Any) -> Schedule:
-    """Change cron, timezone, template, overlap or paused; the next fire time follows from now."""
+    """Change cron, timezone, template (a JobSpec), overlap or paused; the next fire time follows from now."""
     schedule = get_schedule(session, tenant_id, schedule_id)
     for field, value in changes.items():
-        setattr(schedule, field, value)
+        setattr(schedule, field, value.stored() if isinstance(value, JobSpec) else value)
     check_timing(schedule.cron, schedule.timezone)
     schedule.next_fire_at = next_fire(schedule.cron, schedule.timezone, utcnow())
     session.commit()
@@ -115,15 +123,19 @@ def recent_runs(session: Session, schedule_id: str, limit: int = 10) -> list[Mer
     return list(session.scalars(query.limit(limit)))
 
 
-def trigger(session: Session, tenant_id: str, schedule_id: str, max_attempts: int) -> MergeJob:
-    """A run now, outside the cron timing (its fire time is now)."""
+def trigger(session: Session, tenant_id: str, schedule_id: str, settings: Settings) -> MergeJob:
+    """A run now, outside the cron timing (its fire time is now); its inputs checked against the
+    tenant's allowlist as it is now, and the tenant's queue quota."""
     schedule = get_schedule(session, tenant_id, schedule_id)
-    job = _job_for(session, schedule, utcnow(), max_attempts)
+    spec = _spec_of(schedule)
+    recheck(session, settings, tenant_id, spec)
+    check_queue_quota(session, tenant_id, settings)
+    job = _job_for(session, schedule, spec, utcnow(), settings.max_attempts)
     session.commit()
     return job
 
 
-def tick(session: Session, max_attempts: int, now: datetime | None = None) -> list[str]:
+def tick(session: Session, settings: Settings, now: datetime | None = None) -> list[str]:
     """Jobs for every due schedule (committed); returns their ids, to enqueue after this commit."""
     now = now or utcnow()
     due = (
@@ -139,11 +151,18 @@ def tick(session: Session, max_attempts: int, now: datetime | None = None) -> li
             continue
         try:
             with session.begin_nested():
-                _check_still_allowed(session, schedule)
-                created.append(_job_for(session, schedule, fire_time, max_attempts).id)
+                spec = _spec_of(schedule)
+                recheck(session, settings, schedule.tenant_id, spec)  # the allowlist may have shrunk since
+                check_queue_quota(session, schedule.tenant_id, settings)
+                created.append(_job_for(session, schedule, spec, fire_time, settings.max_attempts).id)
         except IntegrityError:
             continue  # a concurrent tick made this fire time's job
-        except Exception:  # e.g. an input no longer on the tenant's allowlist: this schedule's alone
+        except (
+            ServiceError
+        ) as exc:  # an input no longer allowed, a disabled tenant, a full queue: this schedule's alone
+            log.warning("schedule %s could not fire at %s: %s", schedule.id, fire_time, exc)
+            schedule.skipped += 1
+        except Exception:
             log.exception("schedule %s could not fire at %s", schedule.id, fire_time)
             schedule.skipped += 1
     session.commit()
@@ -159,23 +178,12 @@ def _advance(schedule: Schedule, now: datetime) -> datetime:
     return fire_time
 
 
-def _check_still_allowed(session: Session, schedule: Schedule) -> None:
-    """The tenant's allowlist may have shrunk since the schedule was made: inputs are checked at every fire."""
-    allowed = tuple(session.get_one(Tenant, schedule.tenant_id).allowed_prefixes)
-    config = schedule.template["config"]
-    inputs = [("base_model", config.get("base_model"))] + [
-        (f"models[{i}].model", m["model"]) for i, m in enumerate(config.get("models", []))
-    ]
-    for param, uri in inputs:
-        if uri:
-            check_input_allowed(uri, allowed, param)
+def _spec_of(schedule: Schedule) -> JobSpec:
+    return JobSpec.from_stored(schedule.template).with_metadata(schedule=schedule.name)
 
 
-def _job_for(session: Session, schedule: Schedule, fire_time: datetime, max_attempts: int) -> MergeJob:
-    template = schedule.template
-    metadata = {**template.get("metadata", {}), "schedule": schedule.name}
-    request = JobRequest(template["config"], template.get("output"), metadata)
-    return insert_job(session, schedule.tenant_id, request, max_attempts, schedule_id=schedule.id, fire_time=fire_time)
+def _job_for(session: Session, schedule: Schedule, spec: JobSpec, fire_time: datetime, max_attempts: int) -> MergeJob:
+    return insert_job(session, schedule.tenant_id, spec, max_attempts, schedule_id=schedule.id, fire_time=fire_time)
 
 
 def _has_active_run(session: Session, schedule_id: str) -> bool:

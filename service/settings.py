@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.limits import Limits
+
 VAR = Path("var")
 
 
@@ -35,6 +37,13 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="Where workers merge: cpu, cuda or cuda:N")
     webhooks_allow_loopback: bool = Field(False, description="Allow http webhooks to loopback (development, tests)")
     preflight: bool = Field(True, description="Read every input's header at submit (422 before any download)")
+    local_inputs: bool = Field(
+        False, description="Accept local paths as inputs (fdamerge up: on); each still on the tenant's allowlist"
+    )
+    limits: Limits = Field(default_factory=Limits, description="Per-job and per-tenant limits (FDA_LIMIT_*)")
+    example_models: Path | None = Field(
+        None, description="Folder of demo checkpoints (base, expert-a, expert-b) the dashboard's example merges"
+    )
 
 
 @lru_cache

@@ -21,6 +21,6 @@ def register_s3(settings: Settings | None = None) -> None:
 
         if not clients:
             clients.append(make_s3_client(resolved.s3_endpoint_url, resolved.s3_region))
-        return S3Source(uri, clients[0], resolved.cache_dir, resolved.cache_max_bytes)
+        return S3Source(uri, clients[0], resolved.cache_dir, resolved.cache_max_bytes, resolved.limits.files_per_input)
 
     register_scheme("s3", open_s3)

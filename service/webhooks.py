@@ -21,12 +21,13 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fdamerge_client.webhooks import signature
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
+from service.limits import LimitExceeded
 from service.models import MergeJob, WebhookDelivery, WebhookEndpoint, utcnow
 
 EVENTS = ("merge_job.running", "merge_job.succeeded", "merge_job.failed", "merge_job.cancelled", "merge_job.cancelling")
@@ -38,11 +39,20 @@ TIMEOUT_SECONDS = 10.0
 
 
 def create_endpoint(
-    session: Session, tenant_id: str, url: str, events: list[str], allow_loopback: bool
+    session: Session,
+    tenant_id: str,
+    url: str,
+    events: list[str],
+    allow_loopback: bool,
+    max_endpoints: int | None = None,
 ) -> WebhookEndpoint:
     unknown = sorted(set(events) - set(EVENTS))
     if unknown:
         raise InvalidRequest(f"events: unknown {', '.join(unknown)}; choose from {', '.join(EVENTS)}", "events")
+    if max_endpoints is not None:
+        count = session.scalar(select(func.count()).where(WebhookEndpoint.tenant_id == tenant_id)) or 0
+        if count >= max_endpoints:
+            raise LimitExceeded(f"this tenant has {count} webhook endpoints", "url", "webhook_endpoints_per_tenant")
     check_url(url, allow_loopback)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     endpoint = WebhookEndpoint(id=new_id("we"), tenant_id=tenant_id, url=url, events=events, secret=secret)
@@ -166,14 +176,18 @@ class _Target:
 
 def check_url(url: str, allow_loopback: bool) -> _Target:
     """The one address this URL may be sent to, or InvalidRequest saying why not."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise InvalidRequest(f"url: {url!r} is not an http(s) URL", "url")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise InvalidRequest(f"url: cannot resolve {parts.hostname!r} ({exc})", "url") from None
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port  # .port raises on a port outside 0–65535
+    except ValueError as exc:
+        raise InvalidRequest(f"url: {url[:200]!r} is not a valid URL ({exc})", "url") from None
+    if parts.scheme not in ("https", "http") or not hostname:
+        raise InvalidRequest(f"url: {url[:200]!r} is not an http(s) URL", "url")
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise InvalidRequest(f"url: cannot resolve {hostname[:200]!r} ({exc})", "url") from None
     addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
     loopback_only = all(a.is_loopback for a in addresses)
     if allow_loopback and loopback_only:
@@ -181,7 +195,7 @@ def check_url(url: str, allow_loopback: bool) -> _Target:
     if parts.scheme != "https":
         raise InvalidRequest(f"url: {url!r} must be https", "url")
     if not all(_public(address) for address in addresses):
-        raise InvalidRequest(f"url: {parts.hostname} resolves to a non-public address", "url")
+        raise InvalidRequest(f"url: {hostname} resolves to a non-public address", "url")
     return _Target(str(sorted(addresses, key=str)[0]), port)
 
 

@@ -11,7 +11,8 @@ from worker.app import app
 
 @app.task(name=MERGE_TASK)
 def merge(job_id: str) -> str:
-    return execute_job(job_id, get_settings())
+    settings = get_settings()
+    return execute_job(job_id, settings, dispatcher=CeleryDispatcher(settings.broker_url))
 
 
 @app.task(name="fdamerge.reap")

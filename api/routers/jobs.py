@@ -8,67 +8,81 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 
-from api.deps import DispatcherDep, PrincipalDep, SessionDep, SettingsDep
-from api.schemas import ArtifactPublic, JobEventPublic, MergeJobCreate, MergeJobPublic, Page
+from api.deps import DispatcherDep, PreflightGateDep, PrincipalDep, SessionDep, SettingsDep
+from api.openapi import responses
+from api.schemas import ArtifactPublic, JobEventPublic, JobStatus, MergeJobCreate, MergeJobPublic, Page
 from service.db import session_scope
+from service.dispatch import check_queue_quota, dispatch
 from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
 from service.jobs import TERMINAL, find_replay, get_job, request_cancel, retry_job, submit_job
+from service.jobspec import JobSpec
 from service.preflight import preflight
-from service.reaper import send_quietly
 from service.storage import presigned_get
-from service.submission import InvalidRequest, job_request
+from service.submission import InvalidRequest, check_submission, policy_of, recheck
 
 router = APIRouter(prefix="/v1/merge-jobs", tags=["merge jobs"])
 log = logging.getLogger(__name__)
+MAX_EVENT_ID = 2**63 - 1
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+        description="Any 1–255 visible ASCII characters; a replay returns the job the first request created",
+    ),
+]  # fmt: skip
+Limit = Annotated[int | None, Query(description="Page size: default 20, larger values coerced down to 100")]
 
 
-@router.post("", status_code=202, response_model=MergeJobPublic)
+@router.post("", status_code=202, response_model=MergeJobPublic, responses=responses(401, 403, 413, 422, 429, 503))
 def create_merge_job(
     body: MergeJobCreate,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
+    gate: PreflightGateDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> MergeJobPublic:
     """Accept a merge job (202). A replayed Idempotency-Key returns the job it created."""
     principal.require("jobs:write")
-    config = body.merge_config()
-    request = job_request(config, principal, body.output, body.metadata)
-    earlier = find_replay(session, principal.tenant_id, idempotency_key, request) if idempotency_key else None
+    policy = policy_of(settings, principal)
+    check_submission(body, policy, settings)
+    earlier = find_replay(session, principal.tenant_id, idempotency_key, body) if idempotency_key else None
     if earlier is None:
+        check_queue_quota(session, principal.tenant_id, settings)
         session.rollback()  # no transaction stays open during the slow part
         if settings.preflight:
-            preflight(config, settings)
+            with gate.slot(principal.tenant_id):
+                preflight(body, settings, policy)
     job, created = (earlier, False) if earlier else submit_job(
-        session, tenant_id=principal.tenant_id, request=request, idempotency_key=idempotency_key,
+        session, tenant_id=principal.tenant_id, request=body, idempotency_key=idempotency_key,
         max_attempts=settings.max_attempts,
     )  # fmt: skip
     if job.enqueued_at is None:
-        send_quietly(settings, dispatcher, job.id)
+        dispatch(settings, dispatcher, principal.tenant_id)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/merge-jobs/{job.id}"
     return MergeJobPublic.of(job)
 
 
-@router.get("", response_model=Page[MergeJobPublic])
+@router.get("", response_model=Page[MergeJobPublic], responses=responses(401, 403, 422))
 def list_merge_jobs(
     principal: PrincipalDep,
     session: SessionDep,
-    status: Annotated[list[str] | None, Query()] = None,
+    status: Annotated[list[JobStatus] | None, Query()] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     metadata: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
-    limit: int | None = None,
-    after: str | None = None,
+    limit: Limit = None,
+    after: Annotated[str | None, Query(max_length=512, description="The next_cursor of the previous page")] = None,
 ) -> Page[MergeJobPublic]:
     principal.require("jobs:read")
     filters = JobFilter(tuple(status or ()), created_after, created_before, _pairs(metadata or []))
@@ -82,38 +96,53 @@ def _pairs(items: list[str]) -> dict[str, str]:
     return dict(item.split(":", 1) for item in items)
 
 
-@router.get("/{job_id}", response_model=MergeJobPublic)
+@router.get("/{job_id}", response_model=MergeJobPublic, responses=responses(401, 403, 404, 422))
 def get_merge_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> MergeJobPublic:
     principal.require("jobs:read")
     return MergeJobPublic.of(get_job(session, principal.tenant_id, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=MergeJobPublic)
-def cancel_merge_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> MergeJobPublic:
-    """Queued jobs end at once; running ones go to `cancelling` and stop at their next step."""
-    principal.require("jobs:write")
-    return MergeJobPublic.of(request_cancel(session, principal.tenant_id, job_id))
-
-
-@router.post("/{job_id}/retry", response_model=MergeJobPublic, status_code=202)
-def retry_merge_job(
+@router.post("/{job_id}/cancel", response_model=MergeJobPublic, responses=responses(401, 403, 404, 409, 422))
+def cancel_merge_job(
     job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
 ) -> MergeJobPublic:
-    """A failed or cancelled job runs again under the same id (409 otherwise)."""
+    """Queued jobs end at once; running ones go to `cancelling` and stop at their next step."""
     principal.require("jobs:write")
-    job = retry_job(session, principal.tenant_id, job_id, settings.max_attempts)
-    send_quietly(settings, dispatcher, job.id)
+    job = request_cancel(session, principal.tenant_id, job_id)
+    dispatch(settings, dispatcher, principal.tenant_id)  # a cancelled queued job frees its slot
     return MergeJobPublic.of(job)
 
 
-@router.get("/{job_id}/events", response_model=Page[JobEventPublic])
+@router.post(
+    "/{job_id}/retry", response_model=MergeJobPublic, status_code=202, responses=responses(401, 403, 404, 409, 422, 429)
+)
+def retry_merge_job(
+    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
+) -> MergeJobPublic:
+    """A failed or cancelled job runs again under the same id (409 otherwise), if its inputs are still
+    on the tenant's allowlist."""
+    principal.require("jobs:write")
+    recheck(session, settings, principal.tenant_id, JobSpec.of_job(get_job(session, principal.tenant_id, job_id)))
+    check_queue_quota(session, principal.tenant_id, settings)
+    job = retry_job(session, principal.tenant_id, job_id, settings.max_attempts)
+    dispatch(settings, dispatcher, principal.tenant_id)
+    return MergeJobPublic.of(job)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=Page[JobEventPublic],
+    responses={**responses(401, 403, 404, 422), 200: {"content": {"text/event-stream": {}}}},
+)
 def merge_job_events(
     job_id: str,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
-    after: int | None = None,
-    limit: int | None = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="The next_cursor of the previous page")
+    ] = None,
+    limit: Limit = None,
     stream: bool = Query(False, description="server-sent events until the job ends"),
 ):
     principal.require("jobs:read")
@@ -145,7 +174,7 @@ def _event_stream(database_url: str, job_id: str, after: int | None, poll: float
             time.sleep(poll)
 
 
-@router.get("/{job_id}/artifacts", response_model=Page[ArtifactPublic])
+@router.get("/{job_id}/artifacts", response_model=Page[ArtifactPublic], responses=responses(401, 403, 404, 422))
 def merge_job_artifacts(job_id: str, principal: PrincipalDep, session: SessionDep) -> Page[ArtifactPublic]:
     principal.require("jobs:read")
     get_job(session, principal.tenant_id, job_id)
@@ -155,7 +184,15 @@ def merge_job_artifacts(job_id: str, principal: PrincipalDep, session: SessionDe
     return Page(data=artifacts, has_more=False, next_cursor=None)
 
 
-@router.get("/{job_id}/artifacts/{path:path}", response_class=Response, responses={307: {}, 200: {}})
+@router.get(
+    "/{job_id}/artifacts/{path:path}",
+    response_class=Response,
+    responses={
+        **responses(401, 403, 404, 422),
+        200: {"description": "The file (local storage)", "content": {"application/octet-stream": {}}},
+        307: {"description": "A presigned URL to fetch it from (S3)"},
+    },
+)
 def download_artifact(
     job_id: str, path: str, request: Request, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ):
@@ -174,8 +211,8 @@ def download_artifact(
     return FileResponse(found.uri, filename=Path(found.path).name, media_type="application/octet-stream")
 
 
-@router.get("/{job_id}/metrics")
-def merge_job_metrics(job_id: str, principal: PrincipalDep, session: SessionDep) -> dict:
+@router.get("/{job_id}/metrics", responses=responses(401, 403, 404, 422))
+def merge_job_metrics(job_id: str, principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
     principal.require("jobs:read")
     get_job(session, principal.tenant_id, job_id)
     return {"object": "metrics", "job_id": job_id, "metrics": metrics_of(session, job_id)}

@@ -9,9 +9,12 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from api.deps import DispatcherDep, PrincipalDep, SessionDep, SettingsDep
+from api.openapi import responses
 from api.schemas import MergeJobCreate, MergeJobPublic
+from service.auth import Principal
+from service.dispatch import dispatch
+from service.jobspec import JobSpec
 from service.models import Schedule
-from service.reaper import send_quietly
 from service.schedules import (
     ScheduleSpec,
     create_schedule,
@@ -22,23 +25,24 @@ from service.schedules import (
     trigger,
     update_schedule,
 )
-from service.submission import job_request
+from service.settings import Settings
+from service.submission import check_submission, policy_of
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
 
 class ScheduleCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    cron: str = Field(description="Five-field cron expression, e.g. '0 2 * * *'")
-    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
+    cron: str = Field(max_length=120, description="Five-field cron expression, e.g. '0 2 * * *'")
+    timezone: str = Field("UTC", max_length=64, description="IANA time zone the cron expression is read in")
     template: MergeJobCreate = Field(description="The merge-job body each run submits")
     overlap: Literal["skip", "queue"] = Field("skip", description="When the previous run is still active")
     paused: bool = False
 
 
 class ScheduleUpdate(BaseModel):
-    cron: str | None = None
-    timezone: str | None = None
+    cron: str | None = Field(None, max_length=120)
+    timezone: str | None = Field(None, max_length=64)
     template: MergeJobCreate | None = None
     overlap: Literal["skip", "queue"] | None = None
     paused: bool | None = None
@@ -51,7 +55,7 @@ class SchedulePublic(BaseModel):
     cron: str
     timezone: str
     template: dict[str, Any]
-    overlap: str
+    overlap: Literal["skip", "queue"]
     paused: bool
     next_fire_at: datetime | None
     last_fire_at: datetime | None
@@ -69,58 +73,67 @@ class SchedulePublic(BaseModel):
         )  # fmt: skip
 
 
-def _template(body: MergeJobCreate, principal) -> dict[str, Any]:
-    """Validated like a submitted job (method, parameters, allowlist), stored as its request."""
-    request = job_request(body.merge_config(), principal, body.output, body.metadata)
-    return {"config": request.config, "output": request.output_prefix, "metadata": request.metadata or {}}
+def _template(body: JobSpec, principal: Principal, settings: Settings) -> JobSpec:
+    """Checked like a submitted job (limits, allowlist), and again at every fire."""
+    check_submission(body, policy_of(settings, principal), settings)
+    return body
 
 
-@router.post("", status_code=201, response_model=SchedulePublic)
-def create(body: ScheduleCreate, principal: PrincipalDep, session: SessionDep, response: Response) -> SchedulePublic:
+@router.post("", status_code=201, response_model=SchedulePublic, responses=responses(401, 403, 409, 413, 422))
+def create(
+    body: ScheduleCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep, response: Response
+) -> SchedulePublic:
     principal.require("schedules:write")
-    spec = ScheduleSpec(
-        body.name, body.cron, body.timezone, _template(body.template, principal), body.overlap, body.paused
-    )
-    schedule = create_schedule(session, principal.tenant_id, spec)
+    template = _template(body.template, principal, settings)
+    spec = ScheduleSpec(body.name, body.cron, body.timezone, template, body.overlap, body.paused)
+    schedule = create_schedule(session, principal.tenant_id, spec, settings.limits.schedules_per_tenant)
     response.headers["Location"] = f"/v1/schedules/{schedule.id}"
     return SchedulePublic.of(schedule)
 
 
-@router.get("", response_model=dict)
-def list_all(principal: PrincipalDep, session: SessionDep) -> dict:
+@router.get("", response_model=dict[str, Any], responses=responses(401, 403))
+def list_all(principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
     principal.require("jobs:read")
     schedules = [SchedulePublic.of(s).model_dump(mode="json") for s in list_schedules(session, principal.tenant_id)]
     return {"data": schedules, "has_more": False, "next_cursor": None}
 
 
-@router.get("/{schedule_id}", response_model=SchedulePublic)
+@router.get("/{schedule_id}", response_model=SchedulePublic, responses=responses(401, 403, 404))
 def read(schedule_id: str, principal: PrincipalDep, session: SessionDep) -> SchedulePublic:
     principal.require("jobs:read")
     schedule = get_schedule(session, principal.tenant_id, schedule_id)
     return SchedulePublic.of(schedule, recent_runs(session, schedule.id))
 
 
-@router.patch("/{schedule_id}", response_model=SchedulePublic)
-def change(schedule_id: str, body: ScheduleUpdate, principal: PrincipalDep, session: SessionDep) -> SchedulePublic:
+@router.patch("/{schedule_id}", response_model=SchedulePublic, responses=responses(401, 403, 404, 422))
+def change(
+    schedule_id: str, body: ScheduleUpdate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> SchedulePublic:
     principal.require("schedules:write")
-    changes = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"template"})
+    changes: dict[str, Any] = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"template"})
     if body.template is not None:
-        changes["template"] = _template(body.template, principal)
+        changes["template"] = _template(body.template, principal, settings)
     return SchedulePublic.of(update_schedule(session, principal.tenant_id, schedule_id, **changes))
 
 
-@router.delete("/{schedule_id}", status_code=204)
+@router.delete("/{schedule_id}", status_code=204, responses=responses(401, 403, 404))
 def remove(schedule_id: str, principal: PrincipalDep, session: SessionDep) -> Response:
     principal.require("schedules:write")
     delete_schedule(session, principal.tenant_id, schedule_id)
     return Response(status_code=204)
 
 
-@router.post("/{schedule_id}/trigger", status_code=202, response_model=MergeJobPublic)
+@router.post(
+    "/{schedule_id}/trigger",
+    status_code=202,
+    response_model=MergeJobPublic,
+    responses=responses(401, 403, 404, 422, 429),
+)
 def run_now(
     schedule_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
 ) -> MergeJobPublic:
+    """One run now; its inputs are checked against the tenant's allowlist as it is now."""
     principal.require("schedules:write")
-    job = trigger(session, principal.tenant_id, schedule_id, settings.max_attempts)
-    send_quietly(settings, dispatcher, job.id)
+    job = trigger(session, principal.tenant_id, schedule_id, settings)
+    dispatch(settings, dispatcher, principal.tenant_id)
     return MergeJobPublic.of(job)

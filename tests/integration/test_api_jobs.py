@@ -32,6 +32,7 @@ class Stack:
             self.key = create_api_key(session, acme)
             self.reader = create_api_key(session, acme, ["jobs:read"])
             self.other = create_api_key(session, ensure_tenant(session, "globex", ["s3://models/globex"]))
+            self.operator = create_api_key(session, ensure_tenant(session, "ops"), ["metrics:read"])
         self.dispatcher = RecordingDispatcher()
         settings = Settings(database_url=self.url, preflight=False)  # inputs do not exist: test_api_preflight.py
         self.client = TestClient(create_app(settings, self.dispatcher))

@@ -9,7 +9,8 @@ import pytest
 
 from service.db import session_scope
 from service.execute import execute_job
-from service.jobs import JobRequest, claim_job, request_cancel, submit_job
+from service.jobs import claim_job, request_cancel, submit_job
+from service.jobspec import JobSpec
 from service.migrate import upgrade
 from service.models import MergeJob, Tenant
 from service.settings import Settings
@@ -20,20 +21,20 @@ FDA_FAST = {"anchors": 4, "construction_steps": 3, "adaptation_epochs": 2}
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'jobs.db'}", storage_url=str(tmp_path / "storage"),
-        cache_dir=tmp_path / "cache", lease_seconds=30,
+        cache_dir=tmp_path / "cache", lease_seconds=30, local_inputs=True,
     )  # fmt: skip
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        session.add(Tenant(id="tn_a", name="a"))
+    with session_scope(settings.database_url) as session:  # the tests' models live under pytest's temp root
+        session.add(Tenant(id="tn_a", name="a", allowed_prefixes=[str(tmp_path_factory.getbasetemp())]))
     return settings
 
 
 def submit(settings: Settings, config: dict) -> str:
     with session_scope(settings.database_url) as session:
-        return submit_job(session, tenant_id="tn_a", request=JobRequest(config))[0].id
+        return submit_job(session, tenant_id="tn_a", request=JobSpec.model_validate(config))[0].id
 
 
 def read(settings: Settings, job_id: str) -> MergeJob:
@@ -114,18 +115,22 @@ def test_a_cancel_requested_while_running_ends_cancelled_with_nothing_uploaded(s
     assert not list(Path(settings.storage_url).rglob("*.*"))
 
 
-def test_an_unexpected_error_fails_the_job_as_internal_error_instead_of_retrying(settings, llama, monkeypatch) -> None:
+def test_an_unexpected_error_fails_the_job_as_internal_error_instead_of_retrying(
+    settings, llama, monkeypatch, caplog
+) -> None:
     import service.execute as execute
 
     def broken(*args, **kwargs):
-        raise RuntimeError("disk on fire")
+        raise RuntimeError("disk on fire at /srv/secret/path")
 
     monkeypatch.setattr(execute, "run_merge", broken)
     base, experts = llama
     job_id = submit(settings, config_for(base, experts))
     assert execute_job(job_id, settings) == "failed"
     job = read(settings, job_id)
-    assert (job.status, job.error_code, job.error_message) == ("failed", "internal_error", "RuntimeError: disk on fire")
+    assert (job.status, job.error_code) == ("failed", "internal_error")
+    assert job_id in job.error_message and "/srv/secret" not in job.error_message  # the tenant: a reference only
+    assert "disk on fire at /srv/secret/path" in caplog.text  # operators: the exception and its traceback
 
 
 def test_a_worker_whose_heartbeats_fail_for_a_whole_lease_stops(settings, monkeypatch) -> None:

@@ -13,7 +13,6 @@ from sqlalchemy import select, update
 from service.db import make_engine, session_scope
 from service.errors import Conflict, IdempotencyMismatch, LeaseLost, NotFound
 from service.jobs import (
-    JobRequest,
     cancelled_by_worker,
     claim_job,
     fail_job,
@@ -25,6 +24,7 @@ from service.jobs import (
     request_cancel,
     submit_job,
 )
+from service.jobspec import JobSpec
 from service.models import Base, JobEvent, MergeJob, utcnow
 
 CONFIG = {"method": "task_arithmetic", "base_model": "s3://b/base", "models": [{"model": "s3://b/a"}]}
@@ -33,7 +33,7 @@ LEASE = 60.0
 
 def submit(url: str, key: str | None = None, config=CONFIG, tenant: str = "tn_a") -> str:
     with session_scope(url) as session:
-        job, _ = submit_job(session, tenant_id=tenant, request=JobRequest(config), idempotency_key=key)
+        job, _ = submit_job(session, tenant_id=tenant, request=JobSpec.model_validate(config), idempotency_key=key)
         return job.id
 
 

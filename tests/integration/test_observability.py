@@ -43,7 +43,7 @@ def test_metrics_count_what_the_database_holds_from_any_api_process(stack: Stack
         fail_job(session, ids[1], worker_id="w", code="checkpoint_error", message="x")
     second_process = TestClient(create_app(Settings(database_url=stack.url, preflight=False), RecordingDispatcher()))
     for client in (stack.client, second_process):
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers=stack.headers(stack.operator)).text
         assert [sample(text, "fdamerge_jobs", status=s) for s in ("queued", "running", "succeeded", "failed")] == [
             1,
             1,

@@ -10,15 +10,19 @@ from sqlalchemy import select, update
 
 from service.db import session_scope
 from service.errors import Conflict, InvalidRequest
+from service.jobspec import JobSpec
 from service.models import MergeJob, Schedule
 from service.schedules import ScheduleSpec, create_schedule, next_fire, tick, trigger, update_schedule
+from service.settings import Settings
 from tests.integration.test_job_lifecycle import CONFIG
 
 TEMPLATE = {"config": CONFIG, "output": "nightly", "metadata": {"team": "a"}}
+SETTINGS = Settings()  # tick and trigger read the limits and the tenant's allowlist (s3://b for tenant a)
 
 
 def make(url: str, **fields) -> str:
-    spec = ScheduleSpec(**{"name": "nightly", "cron": "0 2 * * *", "timezone": "UTC", "template": TEMPLATE, **fields})
+    fields["template"] = JobSpec.from_stored(fields.get("template", TEMPLATE))
+    spec = ScheduleSpec(**{"name": "nightly", "cron": "0 2 * * *", "timezone": "UTC", **fields})
     with session_scope(url) as session:
         return create_schedule(session, "tn_a", spec).id
 
@@ -49,12 +53,14 @@ def test_a_due_schedule_makes_one_job_from_its_template_and_moves_on(database_ur
     fire = datetime(2026, 1, 1, 2, tzinfo=UTC)
     make_due(database_url, schedule_id, fire)
     with session_scope(database_url) as session:
-        created = tick(session, max_attempts=3)
-        assert tick(session, max_attempts=3) == []  # not due again until its next fire time
+        created = tick(session, SETTINGS)
+        assert tick(session, SETTINGS) == []  # not due again until its next fire time
         schedule = session.get_one(Schedule, schedule_id)
         assert schedule.next_fire_at > datetime.now(UTC) and schedule.last_fire_at == fire
     [job] = jobs_of(database_url, schedule_id)
-    assert created == [job.id] and job.fire_time == fire and job.config == CONFIG
+    assert (
+        created == [job.id] and job.fire_time == fire and job.config == JobSpec.model_validate(CONFIG).config_document()
+    )
     assert job.metadata_ == {"team": "a", "schedule": "nightly"} and job.output_prefix == "nightly"
 
 
@@ -69,7 +75,7 @@ def test_concurrent_ticks_make_exactly_one_job_per_fire_time(database_url: str) 
         barrier.wait()
         try:
             with session_scope(database_url) as session:
-                made.extend(tick(session, max_attempts=3))
+                made.extend(tick(session, SETTINGS))
         except BaseException as exc:  # a tick that crashes on the race is a bug too
             errors.append(exc)
 
@@ -89,7 +95,7 @@ def test_paused_schedules_do_not_fire_and_skip_overlap_waits_for_the_active_run(
         for schedule_id in (paused, skipping, queueing):
             make_due(database_url, schedule_id, fire)
         with session_scope(database_url) as session:
-            tick(session, max_attempts=3)
+            tick(session, SETTINGS)
     assert jobs_of(database_url, paused) == []
     assert len(jobs_of(database_url, skipping)) == 1  # the first run is still queued: the second fire is skipped
     assert len(jobs_of(database_url, queueing)) == 2
@@ -102,7 +108,7 @@ def test_paused_schedules_do_not_fire_and_skip_overlap_waits_for_the_active_run(
 def test_trigger_runs_now_and_bad_timing_or_a_taken_name_is_refused(database_url: str) -> None:
     schedule_id = make(database_url)
     with session_scope(database_url) as session:
-        job = trigger(session, "tn_a", schedule_id, max_attempts=3)
+        job = trigger(session, "tn_a", schedule_id, SETTINGS)
     assert [j.id for j in jobs_of(database_url, schedule_id)] == [job.id]
     with pytest.raises(InvalidRequest, match="cron"):
         make(database_url, name="bad", cron="every day")
@@ -133,7 +139,7 @@ def test_a_schedule_whose_inputs_left_the_allowlist_skips_and_others_still_fire(
     for schedule_id in (blocked, fine):
         make_due(database_url, schedule_id, fire)
     with session_scope(database_url) as session:
-        tick(session, max_attempts=3)
+        tick(session, SETTINGS)
         assert session.get_one(Schedule, blocked).skipped == 1
         assert session.get_one(Schedule, blocked).next_fire_at > datetime.now(UTC)  # moved on, not stuck
     assert jobs_of(database_url, blocked) == [] and len(jobs_of(database_url, fine)) == 1

@@ -145,7 +145,7 @@ def test_creating_an_endpoint_checks_its_url_and_events(stack: Stack) -> None:
     unknown = stack.client.post(
         "/v1/webhook-endpoints", json={"url": "https://127.0.0.1/x", "events": ["job.done"]}, headers=stack.headers()
     )
-    assert unknown.status_code == 422 and unknown.json()["param"] == "events"
+    assert unknown.status_code == 422 and unknown.json()["param"].startswith("events")
 
 
 def test_signatures_match_the_standard_webhooks_test_vector() -> None:

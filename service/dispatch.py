@@ -1,0 +1,80 @@
+"""Fair dispatch to the shared queue, and the per-tenant job quotas.
+
+A tenant has at most `running_jobs_per_tenant` jobs on the queue or running at once (its window);
+its other queued jobs wait in the database with `enqueued_at` unset and are sent, oldest first,
+as its own jobs end (the worker dispatches the tenant's next job when an attempt ends; the reaper
+tick catches anything missed). The broker is FIFO, so with T tenants a new job waits behind at
+most T windows of jobs, however many one tenant has submitted. Two API processes racing may each
+send one job into the same free slot: the window is a soft bound (one over per racing process).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from service.db import session_scope
+from service.jobs import ACTIVE
+from service.limits import QuotaExceeded
+from service.models import MergeJob
+from service.queue import Dispatcher
+from service.reaper import send
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def in_flight(session: Session, tenant_id: str) -> int:
+    """The tenant's jobs on the queue (sent, not yet claimed) or running."""
+    sent = (MergeJob.status == "queued") & MergeJob.enqueued_at.is_not(None)
+    query = select(func.count()).where(MergeJob.tenant_id == tenant_id, or_(MergeJob.status.in_(ACTIVE), sent))
+    return int(session.scalar(query) or 0)
+
+
+def next_to_send(session: Session, tenant_id: str, window: int) -> list[str]:
+    """The tenant's oldest waiting jobs that fit in its window now."""
+    free = window - in_flight(session, tenant_id)
+    if free <= 0:
+        return []
+    waiting = select(MergeJob.id).where(
+        MergeJob.tenant_id == tenant_id, MergeJob.status == "queued", MergeJob.enqueued_at.is_(None)
+    )
+    return list(session.scalars(waiting.order_by(MergeJob.created_at, MergeJob.id).limit(free)))
+
+
+def waiting_tenants(session: Session) -> list[str]:
+    query = select(MergeJob.tenant_id).where(MergeJob.status == "queued", MergeJob.enqueued_at.is_(None))
+    return sorted(set(session.scalars(query.distinct())))
+
+
+def dispatch(settings: Settings, dispatcher: Dispatcher, tenant_id: str) -> list[str]:
+    """Send what fits in the tenant's window (after the commit that queued it); returns the ids sent.
+    A broker outage leaves them waiting: the reaper's next tick sends them."""
+    with session_scope(settings.database_url) as session:
+        due = next_to_send(session, tenant_id, settings.limits.running_jobs_per_tenant)
+    sent = []
+    for job_id in due:
+        try:
+            send(settings, dispatcher, job_id)
+            sent.append(job_id)
+        except Exception:
+            log.exception("job %s accepted but not yet enqueued; the reaper will retry", job_id)
+            break
+    return sent
+
+
+def dispatch_all(settings: Settings, dispatcher: Dispatcher) -> list[str]:
+    with session_scope(settings.database_url) as session:
+        tenants = waiting_tenants(session)
+    return [job_id for tenant_id in tenants for job_id in dispatch(settings, dispatcher, tenant_id)]
+
+
+def check_queue_quota(session: Session, tenant_id: str, settings: Settings) -> None:
+    """429 when the tenant already has its limit of queued jobs (they clear as its jobs run)."""
+    limit = settings.limits.queued_jobs_per_tenant
+    query = select(func.count()).where(MergeJob.tenant_id == tenant_id, MergeJob.status == "queued")
+    queued = int(session.scalar(query) or 0)
+    if queued >= limit:
+        raise QuotaExceeded(f"this tenant has {queued} queued jobs; wait for some to start", "queued_jobs_per_tenant")

@@ -38,6 +38,18 @@ def add_parsers(commands) -> None:
         command.add_argument("job_id")
         _server_option(command)
         command.set_defaults(run=runner)
+    artifacts = jobs.add_parser("artifacts", help="a job's output files: path, kind, size, sha256")
+    artifacts.add_argument("job_id")
+    _server_option(artifacts)
+    artifacts.set_defaults(run=run_artifacts)
+    download = jobs.add_parser("download", help="download a job's output files (sha256 checked) into --out")
+    download.add_argument("job_id")
+    download.add_argument("--out", type=Path, required=True, help="folder to write into (created if missing)")
+    download.add_argument(
+        "--path", action="append", default=[], help="repeatable: only these artifact paths (default: all)"
+    )
+    _server_option(download)
+    download.set_defaults(run=run_download)
 
 
 def add_schedule_parsers(commands) -> None:
@@ -98,30 +110,44 @@ def _guarded(run):
 
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The YAML as a job body; relative local paths are relative to the YAML's folder (load_config),
+    and sent absolute: the server does not share our working directory."""
     from fda_core.config import load_config
+    from fda_core.errors import FdaMergeError
 
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except FdaMergeError as exc:
+        raise _Refused(str(exc)) from None
     body = config.model_dump(mode="json", exclude_none=True)
     body["base_model"] = _absolute(body.get("base_model"))
     for model in body["models"]:
         model["model"] = _absolute(model["model"])
+        if model.get("calibration"):
+            model["calibration"] = _absolute(model["calibration"])
     return {k: v for k, v in body.items() if v is not None}
 
 
 def _absolute(location: str | None) -> str | None:
-    """Local paths become absolute: the server does not share our working directory."""
     if location is None or "://" in location:
         return location
-    return str(Path(location).resolve())
+    return str(Path(location).expanduser().absolute())
+
+
+def metadata_pairs(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise _Refused(f"--metadata: expected KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
 
 
 @_guarded
 def run_submit(args: argparse.Namespace) -> int:
-    try:
-        body = request_body(args)
-        metadata = dict(item.split("=", 1) for item in args.metadata)
-    except Exception as exc:  # fda_core's ConfigError, a bad KEY=VALUE
-        raise _Refused(str(exc)) from None
+    body = request_body(args)
+    metadata = metadata_pairs(args.metadata)
     client = _client(args)
     job = client.submit(body, output=args.output, metadata=metadata, idempotency_key=args.idempotency_key)
     if args.wait:
@@ -164,11 +190,35 @@ def run_events(args: argparse.Namespace) -> int:
 
 
 @_guarded
+def run_artifacts(args: argparse.Namespace) -> int:
+    _print([vars(artifact) for artifact in _client(args).artifacts(args.job_id)])
+    return 0
+
+
+@_guarded
+def run_download(args: argparse.Namespace) -> int:
+    client = _client(args)
+    artifacts = client.artifacts(args.job_id)
+    wanted = set(args.path) or {a.path for a in artifacts}
+    missing = sorted(wanted - {a.path for a in artifacts})
+    if missing:
+        raise _Refused(f"job {args.job_id} has no artifact {missing[0]!r} (fdamerge jobs artifacts lists them)")
+    out = args.out.resolve()
+    for artifact in artifacts:
+        if artifact.path not in wanted:
+            continue
+        target = (out / artifact.path).resolve()
+        if not target.is_relative_to(out):  # a path the server sent must stay inside --out
+            raise _Refused(f"artifact path {artifact.path!r} leaves {out}; refusing to write it")
+        client.download(artifact, target)
+        print(f"{artifact.path}  {artifact.size} bytes  sha256 {artifact.sha256[:16]}… ok", file=sys.stderr)
+    print(str(out))
+    return 0
+
+
+@_guarded
 def run_schedule_create(args: argparse.Namespace) -> int:
-    try:
-        template = request_body(args)
-    except Exception as exc:
-        raise _Refused(str(exc)) from None
+    template = request_body(args)
     if args.output:
         template["output"] = args.output
     _print(_client(args).create_schedule(args.name, args.cron, template, timezone=args.timezone, overlap=args.overlap))

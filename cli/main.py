@@ -27,7 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:  # `fdamerge jobs list | head`: the reader left; say nothing, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not raise again
+        return 141
+    except KeyboardInterrupt:
+        print("fdamerge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a user's mistake that slipped past a command's own handling: one line, no traceback
+        from fda_core.errors import FdaMergeError
+        from service.errors import ServiceError
+
+        if not isinstance(exc, FdaMergeError | ServiceError | OSError | ValueError):
+            raise  # a bug: the traceback is what we need
+        print(f"fdamerge: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

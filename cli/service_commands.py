@@ -27,6 +27,11 @@ def add_parsers(commands) -> None:
     up = commands.add_parser("up", help="API + worker + reaper on SQLite, ./var storage, embedded broker")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
+    up.add_argument(
+        "--allow", action="append", default=[], metavar="FOLDER",
+        help="repeatable: a local folder the first key may merge from (default: the current folder)",
+    )  # fmt: skip
+    up.add_argument("--no-demo", action="store_true", help="do not build the tiny demo checkpoints in var/demo")
     up.set_defaults(run=run_up)
 
 
@@ -75,18 +80,36 @@ def run_beat(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from service.auth import create_api_key, ensure_tenant
     from service.db import session_scope
+    from service.errors import ServiceError
     from service.migrate import upgrade
-    from service.settings import get_settings
+    from service.settings import VAR, get_settings
+    from service.submission import allowlist_entry
 
+    demo = (VAR / "demo" / "models").resolve()
+    os.environ.setdefault("FDA_LOCAL_INPUTS", "true")  # a laptop merges local folders (workers inherit this)
+    os.environ.setdefault("FDA_EXAMPLE_MODELS", str(demo))  # the dashboard's example merges the demo models
+    get_settings.cache_clear()
     settings = get_settings()
+    try:
+        allowed = [allowlist_entry(str(Path(folder).resolve())) for folder in args.allow or [os.getcwd()]]
+    except ServiceError as exc:
+        print(f"fdamerge: {exc}", file=sys.stderr)
+        return 2
+    if not args.no_demo and not (demo / "base").is_dir():
+        from cli.demo import build
+
+        build(demo)  # three tiny Llama checkpoints: the dashboard's example job runs on them
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        tenant = ensure_tenant(session, "local", ["/", "s3://"])  # a laptop: local folders and any bucket
-        key = create_api_key(session, tenant, ["jobs:read", "jobs:write", "admin"])
+    with session_scope(settings.database_url) as session:  # local folders named here (and the demo), any bucket
+        tenant = ensure_tenant(session, "local", [*allowed, allowlist_entry(str(demo)), "s3://"])
+        key = create_api_key(session, tenant, ["jobs:read", "jobs:write", "schedules:write", "admin"])
     workers = Supervisor([worker_command(), beat_command()])
     url = f"http://{args.host}:{args.port}"
+    print(f"inputs allowed from: {', '.join(tenant.allowed_prefixes)}", flush=True)
     print(f"fda-merge is up: {url} (API docs at {url}/docs)\nAPI key (shown once): {key}", flush=True)
     try:
         return run_api(args)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -23,14 +24,16 @@ from tests.support.services import free_port
 UP_DEADLINE = 180  # s: migrations, the API and two Celery workers, each importing torch, on 2 loaded cores
 
 
-def start_up(workdir: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """`fdamerge up` in workdir (its own cache too: nothing depends on what an earlier test built)."""
+def start_up(workdir: Path, port: int, allow: Sequence[Path] = ()) -> tuple[subprocess.Popen, str]:
+    """`fdamerge up` in workdir (its own cache too: nothing depends on what an earlier test built); its
+    key may merge from workdir and the folders in `allow`."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "FDA_CACHE_DIR": str(workdir / "cache")}
     for name in ("FDA_DATABASE_URL", "FDA_BROKER_URL", "FDA_STORAGE_URL"):
         env.pop(name, None)  # the embedded defaults
     log = open(workdir / "up.log", "w")
+    folders = [arg for folder in [workdir, *allow] for arg in ("--allow", str(folder))]
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--port", str(port)], cwd=workdir, env=env, stdout=log,
+        [sys.executable, "-m", "cli.main", "up", "--port", str(port), *folders], cwd=workdir, env=env, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + UP_DEADLINE
@@ -51,7 +54,7 @@ def start_up(workdir: Path, port: int) -> tuple[subprocess.Popen, str]:
 def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: Path) -> None:
     base, experts = llama
     port = free_port()
-    process, key = start_up(tmp_path, port)
+    process, key = start_up(tmp_path, port, allow=[base.parent])
     try:
         config = tmp_path / "merge.yaml"
         config.write_text(yaml.safe_dump({
@@ -130,7 +133,7 @@ def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Pat
 
     base, experts = llama
     port = free_port()
-    process, key = start_up(tmp_path, port)
+    process, key = start_up(tmp_path, port, allow=[base.parent])
     try:
         wait_for_log(tmp_path, r"beat: Starting", r"control@\S+ ready\.")  # the tick runs from here on
         template = {"method": "linear", "base_model": str(base), "models": [{"model": str(e)} for e in experts]}

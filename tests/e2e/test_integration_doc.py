@@ -25,7 +25,7 @@ def test_every_python_example_in_the_integration_doc_runs(llama, tmp_path: Path,
         (models / name).symlink_to(folder)
     monkeypatch.setenv("FDA_WEBHOOKS_ALLOW_LOOPBACK", "true")
     port = free_port()
-    process, key = start_up(tmp_path, port)
+    process, key = start_up(tmp_path, port, allow=[base.parent])  # the symlinks resolve there
     receiver = Receiver([])
     try:
         monkeypatch.setenv("FDA_SERVER_URL", f"http://127.0.0.1:{port}")

@@ -38,6 +38,7 @@ class Stack:
     def __init__(self, settings: Settings, client: TestClient, key: str, inputs: list[str], tmp: Path) -> None:
         self.settings, self.client, self.key, self.inputs, self.tmp = settings, client, key, inputs, tmp
         self.workers: list[subprocess.Popen] = []
+        self.operator = ""  # a metrics:read key
 
     def env(self) -> dict[str, str]:
         s = self.settings
@@ -110,8 +111,10 @@ def stack(postgres_server, redis_server, s3_server, llama, tmp_path: Path) -> It
     upgrade(settings.database_url)
     with session_scope(settings.database_url) as session:
         key = create_api_key(session, ensure_tenant(session, "acme", [f"s3://{models}/acme"]))
+        operator = create_api_key(session, ensure_tenant(session, "ops"), ["metrics:read"])
     client = TestClient(create_app(settings, CeleryDispatcher(settings.broker_url)))
     running = Stack(settings, client, key, inputs, tmp_path)
+    running.operator = operator
     try:
         yield running
     finally:
@@ -149,7 +152,7 @@ def test_an_fda_job_posted_over_http_runs_on_a_celery_worker_and_its_s3_output_l
     bucket = stack.settings.storage_url.removeprefix("s3://").split("/")[0]
     assert sorted(a["uri"] for a in artifacts) == [f"s3://{bucket}/{k}" for k in objects_under(stack, job_id)]
     assert len(stack.get(f"{job_id}/metrics")["metrics"]["fda"]["layers"]) == 3
-    metrics = stack.client.get("/metrics").text
+    metrics = stack.client.get("/metrics", headers={"Authorization": f"Bearer {stack.operator}"}).text
     assert sample(metrics, "fdamerge_jobs", status="succeeded") == 1
     assert sample(metrics, "fdamerge_queue_depth", queue="merge") in (0, 1)  # read from Redis (the duplicate may wait)
     assert sample(metrics, "fdamerge_checkpoint_cache_total", outcome="miss") >= 3  # base + 2 experts from S3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -64,13 +65,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {
-                "param": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
-                "message": e["msg"].removeprefix("Value error, "),
-            }
-            for e in exc.errors()
-        ]
+        errors = [_item(e) for e in exc.errors()]
         detail = "; ".join(f"{e['param']}: {e['message']}" for e in errors)[:2000]
         return problem(
             422, detail, request.url.path, "invalid_request", param=errors[0]["param"] if errors else None,
@@ -81,6 +76,20 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = "body_too_large" if exc.status_code == 413 else f"http_{exc.status_code}"
         return problem(exc.status_code, str(exc.detail), request.url.path, code, headers=exc.headers)
+
+
+FIELD_FIRST = re.compile(r"^((?:models\.\d+\.)?[a-z_]+(?:\.[A-Za-z0-9_]+)*): ")
+
+
+def _item(error: dict[str, Any]) -> dict[str, str]:
+    """{param, message} of a validation error; a whole-body check that names its field first
+    (`parameters.steps: …`) blames that field."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    param = ".".join(str(p) for p in error["loc"] if p != "body")
+    named = FIELD_FIRST.match(message)
+    if named and (not param or param in ("models", "parameters")):
+        param = named.group(1)
+    return {"param": param or "body", "message": message[:1000]}
 
 
 class CatchAll:

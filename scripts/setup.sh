@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
 python="${PYTHON:-python3}"
+# The supported Python (pyproject.toml requires-python; tests/security/test_python_version.py keeps them equal)
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "fda-merge needs Python 3.11 or newer; $("$python" -V 2>&1) found (set PYTHON=python3.11)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from fda_core.errors import ConfigError
-from fda_core.merge.settings import layer_position, resolve_setting
+from fda_core.merge.settings import check_setting_shape, layer_position, resolve_setting
 from fda_core.methods import get_method
 from fda_core.methods.base import MergeMethod, ModelParams, Params
 
@@ -86,6 +86,7 @@ def _check_settings(
         target = owner if key in field_names(owner) else method.model_params_type
         for value in _leaf_values(setting):
             _validate(target, {key: value}, f"{where}.{key}")
+        check_setting_shape(setting, f"{where}.{key}")
 
 
 def _leaf_values(setting: Any) -> list[Any]:
@@ -119,8 +120,8 @@ class ParameterResolver:
 
     def for_tensor(self, name: str) -> tuple[Params, list[ModelParams]]:
         t = layer_position(name, self.num_layers)
-        shared = self._resolve(self.shared, name, t)
         try:
+            shared = self._resolve(self.shared, name, t)
             params = self.method.params_type.model_validate(
                 {k: v for k, v in shared.items() if k in self._global_names}
             )

@@ -151,7 +151,11 @@ def _fda_blocks(fda: FdaParams, reference: CheckpointLayout, names: list[str], c
     if reference.config is None:
         raise ConfigError(f"{reference.uri}: FDA needs the base model's config.json to build its blocks")
     shapes = {name: reference.tensors[name].shape for name in names}
-    blocks = check_blocks(reference.config, shapes, tokens=fda.tokens, blocks=fda.blocks, ffn_only=fda.ffn_only)
+    try:
+        blocks = check_blocks(reference.config, shapes, tokens=fda.tokens, blocks=fda.blocks, ffn_only=fda.ffn_only)
+    except ConfigError as exc:  # name the input whose config.json it is
+        text = str(exc)
+        raise ConfigError(text if text.startswith(("tokens:", reference.uri)) else f"{reference.uri}: {text}") from None
     for block in blocks:
         for parameter, (_, value) in zip(block.parameter_names, block.module.named_parameters()):
             _check_block_tensor(reference, block.checkpoint_name(parameter), tuple(value.shape))

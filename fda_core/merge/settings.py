@@ -50,6 +50,28 @@ def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
     return setting
 
 
+def check_setting_shape(setting: Setting, where: str) -> None:
+    """A setting is a scalar, a gradient (a list of scalars) or {filter, value} conditions whose values
+    are settings themselves; anything else (a list of lists, …) is a ValueError naming `where`.
+    Other dicts are a method's own structured parameters and are left to it."""
+    if isinstance(setting, dict) and "value" in setting:
+        conditions: list[Any] = [setting]
+    elif isinstance(setting, list) and not all(_is_scalar(item) for item in setting):
+        conditions = setting
+    else:
+        return
+    for condition in conditions:
+        if not isinstance(condition, dict) or "value" not in condition:
+            raise ValueError(
+                f"{where}: expected a gradient (a list of numbers) or {{filter, value}} conditions, got {condition!r}"[
+                    :300
+                ]
+            )
+        if condition.get("filter") is not None and not isinstance(condition["filter"], str):
+            raise ValueError(f"{where}: filter must be a string, got {condition['filter']!r}"[:300])
+        check_setting_shape(condition["value"], where)
+
+
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (bool, int, float, str))
 

@@ -39,7 +39,7 @@ def make_service(tmp_path: Path, models: Path, **settings_fields) -> Service:
     globex.mkdir(exist_ok=True)
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'service.db'}", storage_url=str(tmp_path / "storage"),
-        cache_dir=tmp_path / "cache", local_inputs=True, **settings_fields,
+        cache_dir=tmp_path / "cache", **{"local_inputs": True, **settings_fields},
     )  # fmt: skip
     upgrade(settings.database_url)
     keys = {}

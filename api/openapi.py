@@ -67,18 +67,34 @@ def install(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _statuses(path: str, operation: dict[str, Any]) -> list[int]:
+    """What any operation of this shape can answer, whatever the route declared: 500 always; with a
+    key, 401 and 403; with a body, 413 and 422; with parameters, 422; with an id in the path, 404."""
+    found = [500]
+    if operation.get("security"):
+        found += [401, 403]
+    if "requestBody" in operation:
+        found += [413, 422]
+    if operation.get("parameters"):
+        found.append(422)
+    if "{" in path:
+        found.append(404)
+    return found
+
+
 def _document(app: FastAPI) -> dict[str, Any]:
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(problem.pop("$defs", {}))
     schemas["Problem"] = problem
-    for operations in document.get("paths", {}).values():
+    for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             answers = operation.setdefault("responses", {})
-            extra = responses(500, 413) if "requestBody" in operation else responses(500)
-            for status, entry in extra.items():
-                answers.setdefault(str(status), entry)
+            for status, entry in responses(*_statuses(path, operation)).items():
+                current = answers.get(str(status))
+                if current is None or "application/json" in current.get("content", {}):  # FastAPI's own 422
+                    answers[str(status)] = entry
     for unused in ("HTTPValidationError", "ValidationError"):
         if unused in schemas and f'"#/components/schemas/{unused}"' not in str(document["paths"]).replace("'", '"'):
             del schemas[unused]

@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # --help prints: a closed pipe can end it too
         return int(args.run(args))
     except BrokenPipeError:  # `fdamerge jobs list | head`: the reader left; say nothing, as cat does
         devnull = os.open(os.devnull, os.O_WRONLY)

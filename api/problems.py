@@ -66,7 +66,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_item(e) for e in exc.errors()]
-        detail = "; ".join(f"{e['param']}: {e['message']}" for e in errors)[:2000]
+        detail = "; ".join(
+            e["message"] if e["message"].startswith(f"{e['param']}: ") else f"{e['param']}: {e['message']}"
+            for e in errors
+        )[:2000]
         return problem(
             422, detail, request.url.path, "invalid_request", param=errors[0]["param"] if errors else None,
             errors=errors[:50],

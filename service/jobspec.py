@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
-from fda_core.config import MergeConfig
+from fda_core.config import MergeConfig, ModelInput
 from fda_core.fda.settings import FdaParams
 from fda_core.methods import method_names
 from service.limits import Limits, at_most
@@ -27,6 +27,7 @@ SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@,~-]*$")
 MAX_SEGMENT_BYTES = 255  # a file name on every filesystem we write to
 MAX_OUTPUT_CHARS = 512
 CONFIG_FIELDS = set(MergeConfig.model_fields)
+MAX_MODELS = 1024  # the schema's bound, checked before any per-model work; FDA_LIMIT_MODELS_PER_JOB is ≤ it
 
 
 def output_prefix(value: str) -> str:
@@ -63,6 +64,7 @@ class JobSpec(MergeConfig):
     check_finite) plus where the output goes and what for."""
 
     method: MethodName = Field(description="A registered merge method, e.g. task_arithmetic, ties, fda")
+    models: list[ModelInput] = Field(min_length=1, max_length=MAX_MODELS)
     output: OutputPrefix | None = Field(None, description="Prefix under the service's storage; default: none")
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=32, description="Free key/values, filterable as key:value"

@@ -17,7 +17,7 @@ from service.errors import InvalidRequest, ServiceError
 class Limits(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FDA_LIMIT_", extra="ignore")
 
-    models_per_job: int = Field(64, ge=1, description="Experts in one job (the base not counted)")
+    models_per_job: int = Field(64, ge=1, le=1024, description="Experts in one job (the base not counted)")
     input_bytes_per_job: int = Field(2 << 40, ge=1, description="Weight bytes of all inputs of one job (2 TiB)")
     files_per_input: int = Field(10_000, ge=1, description="Files listed in one model folder or prefix")
     tensors_per_input: int = Field(200_000, ge=1, description="Tensors in one input checkpoint")

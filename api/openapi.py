@@ -69,12 +69,13 @@ def install(app: FastAPI) -> None:
 
 def _statuses(path: str, operation: dict[str, Any]) -> list[int]:
     """What any operation of this shape can answer, whatever the route declared: 500 always; with a
-    key, 401 and 403; with a body, 413 and 422; with parameters, 422; with an id in the path, 404."""
+    key, 401 and 403; with a body, 400 (not JSON), 413 and 422; with parameters, 422; with an id in
+    the path, 404."""
     found = [500]
     if operation.get("security"):
         found += [401, 403]
     if "requestBody" in operation:
-        found += [413, 422]
+        found += [400, 413, 422]
     if operation.get("parameters"):
         found.append(422)
     if "{" in path:

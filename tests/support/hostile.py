@@ -40,10 +40,9 @@ def copy_with_config(source: Path, target: Path, **changes: Any) -> Path:
 
 
 def shape_product_header() -> bytes:
-    """~0.8 MB: tensors whose shapes multiply into enormous integers (the product was computed before
-    any bound: 11.5 s of /healthz frozen)."""
-    dims = [2**62] * 2000
-    return json.dumps({f"t{i}": {"dtype": "F32", "shape": dims, "data_offsets": [0, 4]} for i in range(20)}).encode()
+    """~0.8 MB: a shape of 40,000 dimensions near 2^62, whose product is a 2.5-million-bit integer
+    (computed before any bound: 11.5 s of /healthz frozen)."""
+    return json.dumps({"t": {"dtype": "F32", "shape": [2**62 - 1] * 40_000, "data_offsets": [0, 4]}}).encode()
 
 
 def zero_size_tensors_header(count: int) -> bytes:
@@ -74,6 +73,11 @@ HEADERS: dict[str, Callable[[], dict | bytes]] = {
     "nan_offset": lambda: b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, NaN]}}',
     "float_dim": lambda: {"w": {"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}},
 }
+REASONS = {  # what each refusal must say (not an incidental mismatch with the other model)
+    "shape_product": "invalid shape", "huge_integer": "unreadable", "stride_overflow": "invalid shape",
+    "nested_header": "unreadable", "surrogate_name": "unreadable", "list_metadata": "__metadata__",
+    "nan_offset": "unreadable", "float_dim": "invalid shape",
+}  # fmt: skip
 
 
 # --- job bodies ------------------------------------------------------------------------------------

@@ -21,12 +21,17 @@ AUTO_CLASSES = {
     "llama": "AutoModelForCausalLM",
     "vit": "AutoModel",
 }
-FAST = {"wudi": {"steps": 20}, "fda": {"anchors": 8, "construction_steps": 10, "adaptation_epochs": 2}}
+FAST = {
+    "wudi": {"steps": 20},
+    "fda": {"anchors": 8, "construction_steps": 10, "adaptation_epochs": 2},
+    "nearswap": {"t": 0.01},  # required, as in mergekit
+}
+ONE_MODEL = {"slerp", "nearswap", "arcee_fusion", "passthrough"}
 
 
 def config_for(method: str, base: Path, experts: list[Path], tmp: Path, **extra) -> Path:
-    inputs = experts[:1] if method == "slerp" else experts
-    base_model = None if method == "linear" else base
+    inputs = experts[:1] if method in ONE_MODEL else experts
+    base_model = None if method in ("linear", "passthrough") else base
     extra.setdefault("parameters", FAST.get(method, {}))
     return write_config(tmp / f"{method}.yaml", method, base_model, inputs, **extra)
 

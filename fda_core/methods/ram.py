@@ -15,10 +15,11 @@ from fda_core.methods.registry import register
 
 
 class RamParams(Params):
-    epsilon: float = Field(1e-5, gt=0.0)  # mergekit allows 0, where an expert without entries gives NaN
+    epsilon: float = Field(1e-5, ge=0.0)
 
 
 class RamPlusParams(RamParams):
+    epsilon: float = Field(1e-5, gt=0.0)  # mergekit allows 0: an expert without entries makes the tensor NaN
     r: float = 0.1
     alpha: float = 0.2
 

@@ -233,3 +233,11 @@ def test_passthrough_copies_its_one_model_optionally_scaled() -> None:
     a = rand(3, 2)
     assert torch.equal(merge("passthrough", None, [a]), a)
     torch.testing.assert_close(merge("passthrough", None, [a], {}, [{"scale": 0.5}]), a * 0.5)
+
+
+def test_ramplus_refuses_a_zero_epsilon_where_mergekit_returns_nan() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="greater than 0"):
+        merge("ramplus_tl", ZERO, [torch.ones(5), ZERO], {"epsilon": 0.0})
+    close(merge("ram", torch.zeros(2), [torch.tensor([0.5, 0.0]), torch.zeros(2)], {"epsilon": 0.0}), [0.5, 0.0])

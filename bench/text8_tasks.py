@@ -8,7 +8,7 @@ Tasks, in `text8()` order (each capped at ~6,000 examples, class-balanced by a p
 3. `pydoc`       standard-library docstring → top-level module (12 packages), from the running interpreter.
 4. `sentiment3`  VADER movie-review snippet → negative / neutral / positive.
 5. `wordnet`     TEXT-3's WordNet noun categories (12).
-6. `language`    source snippet (5–15 non-blank lines, ≤ 400 chars) → C / Python / shell (bash) / Perl.
+6. `language`    source snippet (2–3 non-blank lines, ≤ 160 chars) → C / Python / shell (bash) / Perl.
 7. `defortunes`  German fortune (Debian `fortunes-de`) → its file (10 topics): a language the base saw little of.
 8. `vaderdomain` VADER snippet → its corpus: tweet, movie review, product review, news editorial.
 Checked but dropped (fine-tuning gained < 3 points over the probe): `debsection` (Debian package description →
@@ -510,13 +510,16 @@ def vader_domains(per_class: int = 1200) -> TextTask:
 _MODELINE = ("-*-", "vim:", "vi:", "spdx-license-identifier", "copyright")  # lines dropped (lower-cased match)
 
 
-def source_languages(per_class: int = 1200, per_file: int = 4, max_lines: int = 15, max_chars: int = 400) -> TextTask:
-    """Source snippets → language: C headers, Python, sh/bash scripts, Perl modules.
+def source_languages(
+    per_class: int = 1200, per_file: int = 6, min_lines: int = 2, max_lines: int = 3, max_chars: int = 160
+) -> TextTask:
+    """Source snippets → language: C headers, Python, bash, Perl modules.
 
-    Files: /usr/include/**/*.h; /usr/lib/python3*/**/*.py; files with a sh/bash/dash shebang in /usr/bin, /usr/sbin,
-    /etc and (`*.sh` or extension-less) in /usr/lib, /usr/share; /usr/share/perl*, /usr/lib/x86_64-linux-gnu/perl*
-    **/*.pm. Each file is read in a `Random(0)` order until the class has `per_class` snippets. A snippet is 5 to
-    `max_lines` consecutive non-blank lines (≤ `max_chars`), at most `per_file` per file, at most half of them
+    Files of LANGUAGE_PACKAGES only: C headers (libc6-dev, linux-libc-dev), the Python standard library
+    (libpython3.11-*), bash-completion's scripts, Perl modules (perl-modules, libperl). Each file is read in a
+    `Random(0)` order until the class has `per_class` snippets. A snippet is `min_lines` to `max_lines`
+    consecutive non-blank lines (≤ `max_chars`; short, so the probe cannot read it off the surface: with 5–15
+    lines fine-tuning gained under 3 points), at most `per_file` per file, at most half of them
     comments; shebangs, leading comment/docstring headers, POD, modelines and copyright lines are removed first.
     """
     rng = random.Random(0)
@@ -527,7 +530,7 @@ def source_languages(per_class: int = 1200, per_file: int = 4, max_lines: int = 
         count = 0
         for path in files:
             lines = _code_lines(path, language)
-            windows = _windows(lines, language, max_lines, max_chars)
+            windows = _windows(lines, language, min_lines, max_lines, max_chars)
             for window in sorted(rng.sample(windows, min(per_file, len(windows), per_class - count))):
                 pairs.append(("\n".join(lines[window[0] : window[1]]), label))
                 count += 1
@@ -629,8 +632,8 @@ def _is_comment(stripped: str, language: str) -> bool:
     return stripped.startswith("#")
 
 
-def _windows(lines: list[str], language: str, max_lines: int, max_chars: int) -> list[tuple[int, int]]:
-    """Non-overlapping [start, end) runs of 5..max_lines lines within max_chars, mostly code."""
+def _windows(lines: list[str], language: str, min_lines: int, max_lines: int, max_chars: int) -> list[tuple[int, int]]:
+    """Non-overlapping [start, end) runs of min_lines..max_lines lines within max_chars, mostly code."""
     windows, start = [], 0
     while start < len(lines):
         end, size = start, 0
@@ -638,7 +641,7 @@ def _windows(lines: list[str], language: str, max_lines: int, max_chars: int) ->
             size += len(lines[end]) + 1
             end += 1
         comments = sum(_is_comment(line.strip(), language) for line in lines[start:end])
-        if end - start >= 5 and comments * 2 <= end - start:
+        if end - start >= min_lines and comments * 2 <= end - start:
             windows.append((start, end))
         start = max(end, start + 1)
     return windows

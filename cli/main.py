@@ -10,13 +10,14 @@ import sys
 # slower (the team's eval notes, shared/docs/eval-data.md); passive waiting avoids the collapse.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cli import client_commands, keys_command, merge_command, migrate_command, service_commands
+from cli import client_commands, convert_command, keys_command, merge_command, migrate_command, service_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fdamerge", description="Merge fine-tuned checkpoints of one base model.")
     commands = parser.add_subparsers(dest="command", required=True)
     merge_command.add_parser(commands)
+    convert_command.add_parser(commands)
     migrate_command.add_parser(commands)
     keys_command.add_parser(commands)
     service_commands.add_parsers(commands)

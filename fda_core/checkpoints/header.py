@@ -11,6 +11,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -43,16 +44,24 @@ DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, (dtype, _) in DTYPE
 FLOAT_DTYPES = {"F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64"}
 
 
+class Decoding(Protocol):
+    """How a tensor stored in another encoding (a GGUF quantisation, llama.cpp's q/k order) becomes
+    the `dtype` and `shape` its TensorInfo states, from the raw bytes of its range."""
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Where one tensor lives: its file, dtype, shape and absolute byte range."""
 
     name: str
     file: str  # file name inside the checkpoint
-    dtype: str  # safetensors dtype name, e.g. "F32"
+    dtype: str  # safetensors dtype name, e.g. "F32" (for an encoded tensor: what decoding gives)
     shape: tuple[int, ...]
     start: int  # absolute offset of the first data byte in the file
     end: int
+    decoding: Decoding | None = None  # None: the bytes are the tensor (safetensors)
 
     @property
     def numel(self) -> int:

@@ -1,11 +1,13 @@
 """Find the weight files of a checkpoint and read their headers (no tensor data).
 
 Accepted: a Hugging Face folder (config.json + model.safetensors, or shards +
-model.safetensors.index.json) or a single .safetensors file. Pickles are refused.
+model.safetensors.index.json), a single .safetensors file, or a single .gguf file (read as the
+Hugging Face model it holds: fda_core/checkpoints/gguf.py). Pickles are refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fda_core.checkpoints.header import (
@@ -25,6 +27,7 @@ MAX_JSON_BYTES = 16 << 20  # config.json, the index: real ones are kilobytes
 MAX_JSON_DEPTH = 64
 
 INDEX_FILE = "model.safetensors.index.json"
+GGUF_SUFFIX = ".gguf"
 SINGLE_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONVERT_HINT = (
@@ -52,6 +55,7 @@ class CheckpointLayout:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
     config: dict | None = None
+    side_files: Callable[[], dict[str, bytes]] | None = None  # built, not copied: a GGUF's config and tokenizer
 
     def describe(self, tensor: str) -> str:
         info = self.tensors[tensor]
@@ -62,6 +66,8 @@ def inspect_checkpoint(uri: str, limits: InputLimits = InputLimits()) -> Checkpo
     """Open `uri` and validate every weight file's header; reads only headers and small files."""
     source = open_source(uri)
     files = source.list_files()
+    if source.single_file and files[0].endswith(GGUF_SUFFIX):
+        return gguf_layout(uri, source, files[0], limits)
     weight_files = _weight_files(source, files)
     headers, count = [], 0
     for name in weight_files:
@@ -74,6 +80,20 @@ def inspect_checkpoint(uri: str, limits: InputLimits = InputLimits()) -> Checkpo
         _check_index(uri, source, tensors)
     config = _read_json(source, "config.json") if "config.json" in files and not source.single_file else None
     return CheckpointLayout(uri, source, weight_files, tensors, headers[0].metadata, config)
+
+
+def gguf_layout(uri: str, source: CheckpointSource, name: str, limits: InputLimits) -> CheckpointLayout:
+    """A GGUF file's tensors under Hugging Face names, dequantised on read, with a built config and tokenizer."""
+    from fda_core.checkpoints.gguf import hf_side_files, hf_tensors, llama_config
+    from fda_core.checkpoints.gguf_header import read_gguf
+
+    gguf = read_gguf(source, name, source.uri, limits.header_bytes, limits.tensors)
+    config = llama_config(gguf, uri)
+    tensors = {
+        t.name: TensorInfo(t.name, name, t.dtype, t.stored.shape, t.stored.start, t.stored.end, t.decoding)
+        for t in hf_tensors(gguf, config, uri)
+    }
+    return CheckpointLayout(uri, source, [name], tensors, {}, config, lambda: hf_side_files(gguf, config, uri))
 
 
 def read_header(
@@ -100,7 +120,7 @@ def _weight_files(source: CheckpointSource, files: list[str]) -> list[str]:
         if name.endswith(PICKLE_SUFFIXES):
             raise PickleCheckpointError(f"{source.uri}: pickled checkpoint refused; {CONVERT_HINT}")
         if not name.endswith(".safetensors"):
-            raise CheckpointError(f"{source.uri}: not a .safetensors file or a model folder")
+            raise CheckpointError(f"{source.uri}: not a .safetensors or .gguf file, nor a model folder")
         return [name]
     if INDEX_FILE in files:
         return sorted(set(_weight_map(source, files).values()))

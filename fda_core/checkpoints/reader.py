@@ -32,7 +32,10 @@ class TensorReader:
         info = self.layout.tensors[name]
         buffer = torch.empty(info.nbytes, dtype=torch.uint8)
         self._read_into(info, buffer)
-        tensor = buffer.view(info.torch_dtype).reshape(info.shape)
+        if info.decoding is not None:
+            tensor = info.decoding.decode(buffer)
+        else:
+            tensor = buffer.view(info.torch_dtype).reshape(info.shape)
         if self.check_finite and info.is_float and not all_finite(tensor):
             raise NonFiniteError(
                 f"{self.layout.describe(name)}: tensor '{name}' holds NaN or infinite values; "

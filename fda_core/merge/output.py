@@ -59,7 +59,12 @@ def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
 
 
 def copy_side_files(reference: CheckpointLayout, directory: Path, dtype: str | None) -> list[str]:
-    """Config and tokenizer files of the reference model (usually the base)."""
+    """Config and tokenizer files of the reference model (usually the base); a GGUF's are built."""
+    if reference.side_files is not None:
+        built = reference.side_files()
+        for name, data in built.items():
+            (directory / name).write_bytes(_with_dtype(data, dtype) if name == "config.json" and dtype else data)
+        return sorted(built)
     if reference.source.single_file:
         return []
     available = set(reference.source.list_files())

@@ -27,7 +27,9 @@ class ModelInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
-        min_length=1, description="Local path, file:// or s3:// URI of a model folder or .safetensors file"
+        min_length=1,
+        description="Local path, file:// or s3:// URI of a model folder, a .safetensors or .gguf file, or a PEFT"
+        " LoRA adapter folder (applied to base_model, or to BASE in mergekit's BASE+ADAPTER)",
     )
     weight: float | None = Field(None, allow_inf_nan=False, description="Shorthand for parameters.weight")
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -66,6 +68,13 @@ class MergeConfig(BaseModel):
         True,
         description="Fail the merge, naming the tensor, when an input or the output holds NaN or infinite values",
     )
+    lora_rank: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="Write the merge as a PEFT LoRA adapter of this rank (truncated SVD of each 2-D weight's merged"
+        " task vector, as mergekit-extract-lora) instead of a full model; needs base_model",
+    )
 
     @model_validator(mode="after")
     def _fits_method(self) -> MergeConfig:
@@ -74,6 +83,8 @@ class MergeConfig(BaseModel):
         for where, setting in self._settings():
             check_setting(setting, where)
         check_method_fit(self)  # raises ValueError, reported by pydantic with the field
+        if self.lora_rank is not None and not self.base_model:
+            raise ValueError("lora_rank: a LoRA adapter is relative to a base; set base_model")
         return self
 
     def _settings(self) -> list[tuple[str, Any]]:
@@ -85,14 +96,29 @@ class MergeConfig(BaseModel):
     def inputs(self) -> list[tuple[str, str]]:
         """Every location this config reads, with the field naming it: the base, each model, each
         model's calibration file. The one list the service allowlists and the plan opens."""
-        found = [("base_model", self.base_model)] if self.base_model else []
-        found += [(f"models[{i}].model", m.model) for i, m in enumerate(self.models)]
+        found = [("base_model", part) for part in _parts(self.base_model)] if self.base_model else []
+        found += [(f"models[{i}].model", part) for i, m in enumerate(self.models) for part in _parts(m.model)]
         found += [(f"models[{i}].calibration", m.calibration) for i, m in enumerate(self.models) if m.calibration]
         return found
 
     def input_locations(self) -> list[str]:
-        """The base (if any) then each model, in order."""
-        return [uri for field, uri in self.inputs() if not field.endswith(".calibration")]
+        """The base (if any) then each model, in order, as written (BASE+ADAPTER stays one)."""
+        return ([self.base_model] if self.base_model else []) + [m.model for m in self.models]
+
+
+def split_lora(location: str) -> tuple[str | None, str]:
+    """mergekit's `BASE+ADAPTER` → (BASE, ADAPTER); anything else → (None, location). As in mergekit, a
+    location with one '+' between two non-empty parts is always read this way."""
+    if location.count("+") == 1:
+        base, adapter = location.split("+")
+        if base and adapter:
+            return base, adapter
+    return None, location
+
+
+def _parts(location: str) -> list[str]:
+    base, target = split_lora(location)
+    return [target] if base is None else [base, target]
 
 
 def check_setting(value: Any, where: str, depth: int = 0) -> None:
@@ -144,7 +170,15 @@ def relative_to(config: MergeConfig, folder: Path) -> MergeConfig:
     """The config with relative local input paths made absolute against `folder`."""
 
     def absolute(location: str | None) -> str | None:
-        if location is None or "://" in location or Path(location).expanduser().is_absolute():
+        if location is None:
+            return None
+        base, target = split_lora(location)
+        if base is not None:
+            return f"{one(base)}+{one(target)}"
+        return one(location)
+
+    def one(location: str) -> str:
+        if "://" in location or Path(location).expanduser().is_absolute():
             return location
         return str(folder / location)
 

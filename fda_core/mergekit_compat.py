@@ -6,7 +6,7 @@ mergekit); the base model listed among `models` is the base, not an expert — e
 mergekit feeds every input alike (linear, karcher, passthrough), which also get an unlisted base
 appended, as mergekit's `models:` form does; a `rescale` flag means L1-norm matching; parameter
 defaults that differ from ours are written out; `out_dtype` (else `dtype`) is the output dtype.
-Features we do not implement (several slices, tokenizer unions, LoRA references) fail loudly
+Features we do not implement (several slices, tokenizer unions) fail loudly
 instead of merging differently.
 """
 
@@ -132,11 +132,7 @@ def _reference(entry: Any, where: str) -> str:
     model = entry.get("model")
     if not isinstance(model, str):
         raise ConfigError(f"{where}: every model entry needs a model path, got {entry!r}")
-    if "+" in model and not model.startswith(("s3://", "file://", "/", ".")):
-        raise ConfigError(
-            f"{where}: '{model}': LoRA references (model+adapter) are not supported; merge the adapter first"
-        )
-    return model
+    return model  # BASE+ADAPTER: a LoRA adapter applied to BASE (fda_core/checkpoints/lora.py)
 
 
 def _parameters(method: str, parameters: dict[str, Any], where: str) -> dict[str, Any]:

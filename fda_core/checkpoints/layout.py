@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fda_core.checkpoints.header import (
     MAX_HEADER_BYTES,
@@ -22,6 +23,9 @@ from fda_core.checkpoints.header import (
 )
 from fda_core.checkpoints.sources import CheckpointSource, open_source
 from fda_core.errors import CheckpointError, InputLimitError, PickleCheckpointError
+
+if TYPE_CHECKING:
+    from fda_core.checkpoints.lora import LoraInput
 
 MAX_JSON_BYTES = 16 << 20  # config.json, the index: real ones are kilobytes
 MAX_JSON_DEPTH = 64
@@ -56,10 +60,19 @@ class CheckpointLayout:
     metadata: dict[str, str] = field(default_factory=dict)
     config: dict | None = None
     side_files: Callable[[], dict[str, bytes]] | None = None  # built, not copied: a GGUF's config and tokenizer
+    lora: LoraInput | None = None  # a LoRA adapter applied to a base (fda_core/checkpoints/lora.py)
 
     def describe(self, tensor: str) -> str:
         info = self.tensors[tensor]
         return f"{self.uri} ({info.file})"
+
+    def hashed_files(self) -> list[tuple[str, CheckpointSource, str]]:
+        """(label, source, file) of every file this input's tensors come from: a LoRA input's adapter and,
+        when its base is not the merge's base, that base's files as base/FILE."""
+        files = [(name, self.source, name) for name in self.weight_files]
+        if self.lora is not None and not self.lora.base_is_merge_base:
+            files += [(f"base/{name}", self.lora.base.source, name) for name in self.lora.base.weight_files]
+        return files
 
 
 def inspect_checkpoint(uri: str, limits: InputLimits = InputLimits()) -> CheckpointLayout:
@@ -68,6 +81,8 @@ def inspect_checkpoint(uri: str, limits: InputLimits = InputLimits()) -> Checkpo
     files = source.list_files()
     if source.single_file and files[0].endswith(GGUF_SUFFIX):
         return gguf_layout(uri, source, files[0], limits)
+    if not source.single_file and "adapter_config.json" in files:
+        raise CheckpointError(f"{uri}: a LoRA adapter, not a model; give it as a model input (its base applies)")
     weight_files = _weight_files(source, files)
     headers, count = [], 0
     for name in weight_files:
@@ -78,7 +93,7 @@ def inspect_checkpoint(uri: str, limits: InputLimits = InputLimits()) -> Checkpo
     tensors = _collect_tensors(uri, headers)
     if INDEX_FILE in files and not source.single_file:
         _check_index(uri, source, tensors)
-    config = _read_json(source, "config.json") if "config.json" in files and not source.single_file else None
+    config = read_json(source, "config.json") if "config.json" in files and not source.single_file else None
     return CheckpointLayout(uri, source, weight_files, tensors, headers[0].metadata, config)
 
 
@@ -142,7 +157,7 @@ def _weight_files(source: CheckpointSource, files: list[str]) -> list[str]:
 def _weight_map(source: CheckpointSource, files: list[str]) -> dict[str, str]:
     """The index's {tensor: file}; every file a plain name present in the folder (no ../, no /abs)."""
     where = _where(source, INDEX_FILE)
-    weight_map = _read_json(source, INDEX_FILE).get("weight_map")
+    weight_map = read_json(source, INDEX_FILE).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{where}: weight_map must be a non-empty object of tensor name → file")
     present = set(files)
@@ -180,7 +195,7 @@ def _check_index(uri: str, source: CheckpointSource, tensors: dict[str, TensorIn
             )
 
 
-def _read_json(source: CheckpointSource, name: str) -> dict:
+def read_json(source: CheckpointSource, name: str) -> dict:
     """A small JSON side file (config.json, the index), strictly parsed and bounded."""
     where = _where(source, name)
     size = source.size(name)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fda_core.checkpoints.header import DTYPE_NAMES
-from fda_core.checkpoints.layout import CheckpointLayout, InputLimits, inspect_checkpoint
+from fda_core.checkpoints.inputs import open_input
+from fda_core.checkpoints.layout import CheckpointLayout, InputLimits
 from fda_core.checkpoints.validate import check_compatible
 from fda_core.checkpoints.writer import OutputTensor, plan_shards
 from fda_core.config import MergeConfig
@@ -74,10 +75,10 @@ def build_plan(
     submit-time check) FDA's blocks stay on the meta device: such a plan validates, it cannot run."""
     method, fda, tensor_config = _methods(config)
     outside, outside_config = _outside_method(config, fda) if fda else (method, tensor_config)
-    layouts = [inspect_checkpoint(uri, limits) for uri in config.input_locations()]
+    base = open_input(config.base_model, None, limits) if config.base_model else None
+    experts = [open_input(model.model, base, limits) for model in config.models]
+    layouts = ([base] if base else []) + experts
     _check_input_bytes(layouts, limits)
-    base = layouts[0] if config.base_model else None
-    experts = layouts[1:] if base else layouts
     reference = base or experts[0]
     check_compatible(reference, [layout for layout in layouts if layout is not reference])
     names = _read_order(reference)
@@ -89,9 +90,19 @@ def build_plan(
     rest = ParameterResolver(outside_config, outside, layer_count)
     in_blocks = {name for block in blocks for name in block.tensor_names()}
     tasks = [_task(reference, name, inside if name in in_blocks else rest, config) for name in names]
-    shards = plan_shards([t.output for t in tasks], max_shard_bytes)
+    outputs = _lora_outputs(config, tasks) if config.lora_rank else [t.output for t in tasks]
+    shards = plan_shards(outputs, 2**62 if config.lora_rank else max_shard_bytes)  # PEFT reads one adapter file
     calibration = _calibration(config, fda)
     return MergePlan(config, method, base, experts, tasks, shards, fda, blocks, calibration)
+
+
+def _lora_outputs(config: MergeConfig, tasks: list[TensorTask]) -> list[OutputTensor]:
+    from fda_core.merge.lora_output import lora_outputs
+
+    if get_method(config.method).layerwise:
+        raise ConfigError("lora_rank: FDA merges cannot be written as a LoRA adapter yet; drop lora_rank")
+    assert config.lora_rank is not None
+    return lora_outputs(tasks, config.lora_rank)
 
 
 def _calibration(config: MergeConfig, fda: FdaParams | None) -> list[CalibrationSet | None]:

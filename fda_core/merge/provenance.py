@@ -30,7 +30,7 @@ def build_provenance(plan: MergePlan, hashes: dict[str, dict[str, str]] | None) 
     for role, layout in [("base", plan.base)] + [("model", e) for e in plan.experts]:
         if layout is None:
             continue
-        files = hashes[layout.uri] if hashes else {name: PLACEHOLDER for name in layout.weight_files}
+        files = hashes[layout.uri] if hashes else {label: PLACEHOLDER for label, _, _ in layout.hashed_files()}
         inputs.append({"role": role, "location": layout.uri, "sha256": input_digest(files), "files": files})
     for found in plan.calibration:
         if found is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -16,13 +17,16 @@ from typing import Any
 import torch
 
 from fda_core.checkpoints.header import DTYPES
+from fda_core.checkpoints.inputs import open_reader
 from fda_core.checkpoints.layout import CheckpointLayout, InputLimits
+from fda_core.checkpoints.lora import ADAPTER_WEIGHTS
 from fda_core.checkpoints.reader import TensorReader, all_finite
 from fda_core.checkpoints.writer import BackgroundWriter, ShardedWriter, WrittenShard
 from fda_core.config import MergeConfig
 from fda_core.errors import ConfigError, MergeCancelled, NonFiniteError
 from fda_core.fda.anchors import AnchorStore
 from fda_core.fda.runner import AnchorSupplier, FdaRun, merge_blocks
+from fda_core.merge.lora_output import ADAPTER_PREFIX, LoraExtraction, is_lora_target, write_adapter_config
 from fda_core.merge.norm_check import norm_warning
 from fda_core.merge.output import check_output_free, copy_side_files, staging_directory, write_records
 from fda_core.merge.plan import MergePlan, TensorTask, build_plan
@@ -84,10 +88,11 @@ def run_merge(
             stop_hashing.set()  # a failed or cancelled merge does not wait for hashing to finish
             pool.shutdown(wait=False, cancel_futures=True)
         clock.lap("merge")
-        copy_side_files(plan.reference, staging, config.dtype)
+        if not config.lora_rank:  # an adapter folder has adapter_config.json, not the base's config.json
+            copy_side_files(plan.reference, staging, config.dtype)
         write_records(staging, provenance)
     clock.lap("finalize")
-    parameters = sum(math.prod(t.output.shape) for t in plan.tasks)
+    parameters = sum(math.prod(t.shape) for shard in plan.shards for t in shard)
     return MergeResult(
         Path(out_dir), config.method, len(plan.tasks), parameters, shards, clock.laps, provenance, metrics,
         list(metrics.get("warnings", [])),
@@ -107,14 +112,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _fetch_inputs(layouts: list[CheckpointLayout], report: ProgressCallback) -> None:
-    files = [(layout, name) for layout in layouts for name in layout.weight_files]
-    for done, (layout, name) in enumerate(files):
+    files = [(source, name) for layout in layouts for _, source, name in layout.hashed_files()]
+    for done, (source, name) in enumerate(files):
         report(MergeProgress("fetch", done, len(files), name))
-        layout.source.local_path(name)  # downloads remote files once; local files are already here
+        source.local_path(name)  # downloads remote files once; local files are already here
 
 
 def _hash_inputs(layouts: list[CheckpointLayout], stop: threading.Event) -> dict[str, dict[str, str]]:
-    return {layout.uri: {name: layout.source.sha256(name, stop) for name in layout.weight_files} for layout in layouts}
+    return {
+        layout.uri: {label: source.sha256(name, stop) for label, source, name in layout.hashed_files()}
+        for layout in layouts
+    }
 
 
 def _merge_tensors(
@@ -127,7 +135,7 @@ def _merge_tensors(
     options: MergeOptions,
 ) -> tuple[list[WrittenShard], dict[str, Any]]:
     writer = BackgroundWriter(ShardedWriter(staging, plan.shards, safetensors_metadata(build_provenance(plan, None))))
-    readers = [TensorReader(layout, check_finite=plan.config.check_finite) for layout in plan.inputs]
+    readers = [open_reader(layout, check_finite=plan.config.check_finite) for layout in plan.inputs]
     metrics: dict[str, Any] = {}
     try:
         warning = norm_warning(plan, readers)
@@ -140,17 +148,50 @@ def _merge_tensors(
             )
         in_blocks = {name for block in plan.blocks for name in block.tensor_names()}
         rest = [task for task in plan.tasks if task.name not in in_blocks]
+        extraction = LoraExtraction(plan.config.lora_rank) if plan.config.lora_rank else None
         for done, task in enumerate(rest):
             if should_cancel is not None and should_cancel():
                 raise MergeCancelled(f"merge cancelled after {done} of {len(rest)} tensors")
             report(MergeProgress("merge", done, len(rest), task.name))
-            writer.write(task.name, merge_tensor(plan, task, readers, device))
+            merged = merge_tensor(plan, task, readers, device)
+            if extraction is None:
+                writer.write(task.name, merged)
+            else:
+                _write_lora(task, merged, readers[0], extraction, writer)
         report(MergeProgress("merge", len(rest), len(rest)))
-        return writer.finish(safetensors_metadata(build_provenance(plan, hashes.result()))), metrics
+        shards = writer.finish(safetensors_metadata(build_provenance(plan, hashes.result())))
+        if extraction is not None:
+            shards = _as_adapter(plan, staging, shards, extraction)
+            metrics["warnings"] = metrics.get("warnings", []) + extraction.warnings()
+        return shards, metrics
     finally:
         writer.abort()
         for reader in readers:
             reader.close()
+
+
+def _write_lora(
+    task: TensorTask, merged: torch.Tensor, base: TensorReader, extraction: LoraExtraction, writer: BackgroundWriter
+) -> None:
+    """The merged tensor as LoRA factors (2-D weights), or counted as dropped."""
+    if not task.merged:
+        return
+    if not is_lora_target(task):
+        extraction.skip(merged, base.read(task.name))
+        return
+    a, b = extraction.factors(task, merged, base.read(task.name))
+    dtype = DTYPES[task.output.dtype][0]
+    module = ADAPTER_PREFIX + task.name.removesuffix(".weight")
+    writer.write(f"{module}.lora_A.weight", a.to(dtype).contiguous())
+    writer.write(f"{module}.lora_B.weight", b.to(dtype).contiguous())
+
+
+def _as_adapter(
+    plan: MergePlan, staging: Path, shards: list[WrittenShard], extraction: LoraExtraction
+) -> list[WrittenShard]:
+    os.replace(staging / shards[0].file, staging / ADAPTER_WEIGHTS)
+    write_adapter_config(plan, staging, extraction)
+    return [WrittenShard(ADAPTER_WEIGHTS, shards[0].tensors, shards[0].bytes)]
 
 
 def _fda_run(

@@ -50,7 +50,6 @@ def test_mergekit_dare_rescale_means_l1_norm_matching() -> None:
     [
         ({"slices": [{"sources": []}, {"sources": []}]}, "2 slices (layer stacking) are not supported"),
         ({"tokenizer_source": "union"}, "tokenizer_source 'union' is not supported"),
-        ({"models": [{"model": "org/model+lora"}]}, "LoRA references"),
         ({"merge_method_options": {}}, "mergekit option 'merge_method_options' is not supported"),
         ({"models": ["./a", "./b"]}, "every models entry is a mapping with a model key"),
         ({"slices": [{"sources": [{"model": "b", "layer_range": [0]}]}]}, "must all take the same layer_range"),

@@ -46,6 +46,22 @@ class ModelInput(BaseModel):
         return {**self.parameters, "weight": self.weight}
 
 
+class LayerRange(BaseModel):
+    """One slice of a layer stack: layers [start, end) of models[model], stacked after the previous slices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: int = Field(ge=0, lt=1024, description="Index into models")
+    layers: tuple[int, int] = Field(description="[start, end): the source model's layers, end excluded")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LayerRange:
+        start, end = self.layers
+        if not 0 <= start < end <= 100_000:
+            raise ValueError(f"layers {list(self.layers)}: need 0 ≤ start < end ≤ 100000")
+        return self
+
+
 class MergeConfig(BaseModel):
     """What to merge and how. The same object is the body of a REST merge job."""
 
@@ -68,6 +84,20 @@ class MergeConfig(BaseModel):
         True,
         description="Fail the merge, naming the tensor, when an input or the output holds NaN or infinite values",
     )
+    layer_stack: list[LayerRange] | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="passthrough only: the output's layers, slice by slice, each from one model's layer range"
+        " (mergekit's several slices, the frankenmerge idiom); embeddings come from the first slice's model,"
+        " the final norm and head from the last's",
+    )
+    tokenizer_source: str | None = Field(
+        None,
+        min_length=1,
+        description="mergekit's tokenizer_source: base (default), union, or the base or one of the models; accepted"
+        " when every input has the same vocabulary (embedding rows are not remapped)",
+    )
     lora_rank: int | None = Field(
         None,
         ge=1,
@@ -85,7 +115,18 @@ class MergeConfig(BaseModel):
         check_method_fit(self)  # raises ValueError, reported by pydantic with the field
         if self.lora_rank is not None and not self.base_model:
             raise ValueError("lora_rank: a LoRA adapter is relative to a base; set base_model")
+        if self.layer_stack is not None:
+            self._check_layer_stack()
         return self
+
+    def _check_layer_stack(self) -> None:
+        if self.method != "passthrough":
+            raise ValueError(f"layer_stack: stacks layers with method passthrough, not {self.method}")
+        if self.layers is not None:
+            raise ValueError("layer_stack: give either layers or layer_stack")
+        for index, part in enumerate(self.layer_stack or []):
+            if part.model >= len(self.models):
+                raise ValueError(f"layer_stack.{index}.model: {part.model}, but there are {len(self.models)} models")
 
     def _settings(self) -> list[tuple[str, Any]]:
         found = [(f"parameters.{key}", value) for key, value in self.parameters.items()]
@@ -186,7 +227,12 @@ def relative_to(config: MergeConfig, folder: Path) -> MergeConfig:
         model.model_copy(update={"model": absolute(model.model), "calibration": absolute(model.calibration)})
         for model in config.models
     ]
-    return config.model_copy(update={"base_model": absolute(config.base_model), "models": models})
+    tokenizer = config.tokenizer_source
+    if tokenizer not in (None, "base", "union"):
+        tokenizer = absolute(tokenizer)
+    return config.model_copy(
+        update={"base_model": absolute(config.base_model), "models": models, "tokenizer_source": tokenizer}
+    )
 
 
 def parse_config(doc: dict[str, Any], where: str = "config") -> MergeConfig:

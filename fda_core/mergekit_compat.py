@@ -6,7 +6,8 @@ mergekit); the base model listed among `models` is the base, not an expert — e
 mergekit feeds every input alike (linear, karcher, passthrough), which also get an unlisted base
 appended, as mergekit's `models:` form does; a `rescale` flag means L1-norm matching; parameter
 defaults that differ from ours are written out; `out_dtype` (else `dtype`) is the output dtype.
-Features we do not implement (several slices, tokenizer unions) fail loudly
+Several slices with passthrough (one source each) become a `layer_stack`; several slices with
+another method, and whatever else we do not implement, fail loudly
 instead of merging differently.
 """
 
@@ -40,11 +41,10 @@ def from_mergekit(doc: dict[str, Any], where: str = "config") -> dict[str, Any]:
     unknown = sorted(set(doc) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"{where}: mergekit option '{unknown[0]}' is not supported by fda-merge")
-    if doc.get("tokenizer_source") not in (None, "base"):
-        raise ConfigError(
-            f"{where}: tokenizer_source '{doc['tokenizer_source']}' is not supported; the base's tokenizer is copied"
-        )
     method = doc["merge_method"]
+    tokenizer = _tokenizer_source(doc, where)
+    if method == "passthrough" and doc.get("slices"):
+        return _layer_stack(doc, where) | tokenizer
     the_slice = _single_slice(doc, where)
     base = _slice_base(doc, the_slice, where)
     models = _inputs(doc, the_slice, where)
@@ -62,6 +62,50 @@ def from_mergekit(doc: dict[str, Any], where: str = "config") -> dict[str, Any]:
         "parameters": _parameters(method, parameters, where),
         "dtype": doc.get("out_dtype") or doc.get("dtype"),
         "layers": _slice_end(the_slice),
+    } | tokenizer
+
+
+def _tokenizer_source(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    source = doc.get("tokenizer_source")
+    if source in (None, "base"):
+        return {}
+    if not isinstance(source, str):
+        raise ConfigError(f"{where}: tokenizer_source must be base, union or a model path, got {source!r}")
+    return {"tokenizer_source": source}
+
+
+def _layer_stack(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """passthrough over several slices, one source each: the frankenmerge, as models + layer_stack."""
+    if doc.get("models"):
+        raise ConfigError(f"{where}: give either models or slices, not both")
+    models, stack = [], []
+    for index, the_slice in enumerate(doc["slices"]):
+        if not isinstance(the_slice, dict):
+            raise ConfigError(f"{where}: a slice is a mapping with sources, got {the_slice!r}")
+        unknown = sorted(set(the_slice) - SLICE_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: slice option '{unknown[0]}' is not supported by fda-merge")
+        sources = the_slice.get("sources") or []
+        if len(sources) != 1 or not isinstance(sources[0], dict):
+            raise ConfigError(
+                f"{where}: slices[{index}] has {len(sources)} sources; passthrough stacks one source per slice"
+            )
+        source = sources[0]
+        layers = source.get("layer_range")
+        if not (isinstance(layers, list) and len(layers) == 2 and all(type(i) is int for i in layers)):
+            raise ConfigError(
+                f"{where}: slices[{index}]: layer_range must be two integers [start, end], got {layers!r}"
+            )
+        own = _layered(_drop(source.get("parameters") or {}), _drop(the_slice.get("parameters") or {}))
+        models.append({"model": _reference(source, where), "parameters": own})
+        stack.append({"model": index, "layers": layers})
+    return {
+        "method": "passthrough",
+        "base_model": doc.get("base_model"),
+        "models": models,
+        "parameters": _drop(doc.get("parameters") or {}),
+        "dtype": doc.get("out_dtype") or doc.get("dtype"),
+        "layer_stack": stack,
     }
 
 
@@ -85,7 +129,11 @@ def _single_slice(doc: dict[str, Any], where: str) -> dict[str, Any] | None:
     if not slices:
         return None
     if len(slices) != 1:
-        raise ConfigError(f"{where}: {len(slices)} slices (layer stacking) are not supported; use one slice or models")
+        raise ConfigError(
+            f"{where}: {len(slices)} slices with {doc['merge_method']}: fda-merge stacks slices with passthrough"
+            " (one source each); merging several models per slice over different layers is not supported — merge"
+            " each slice's models first, then stack the results with passthrough"
+        )
     if not isinstance(slices[0], dict):
         raise ConfigError(f"{where}: a slice is a mapping with sources, got {slices[0]!r}")
     unknown = sorted(set(slices[0]) - SLICE_KEYS)

@@ -58,12 +58,16 @@ def _swap_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
-def copy_side_files(reference: CheckpointLayout, directory: Path, dtype: str | None) -> list[str]:
-    """Config and tokenizer files of the reference model (usually the base); a GGUF's are built."""
+def copy_side_files(
+    reference: CheckpointLayout, directory: Path, dtype: str | None, updates: dict[str, Any] | None = None
+) -> list[str]:
+    """Config and tokenizer files of the reference model (usually the base); a GGUF's are built. `updates`
+    go into config.json (a layer stack's layer count and head tying)."""
+    changes = {**(updates or {}), **({} if dtype is None else {"dtype": dtype})}
     if reference.side_files is not None:
         built = reference.side_files()
         for name, data in built.items():
-            (directory / name).write_bytes(_with_dtype(data, dtype) if name == "config.json" and dtype else data)
+            (directory / name).write_bytes(_updated(data, changes) if name == "config.json" and changes else data)
         return sorted(built)
     if reference.source.single_file:
         return []
@@ -72,18 +76,36 @@ def copy_side_files(reference: CheckpointLayout, directory: Path, dtype: str | N
     for name in SIDE_FILES:
         if name in available:
             data = reference.source.read_range(name, 0, reference.source.size(name))
-            if name == "config.json" and dtype:
-                data = _with_dtype(data, dtype)
+            if name == "config.json" and changes:
+                data = _updated(data, changes)
             (directory / name).write_bytes(data)
             copied.append(name)
     return copied
 
 
-def _with_dtype(config_bytes: bytes, dtype: str) -> bytes:
+def copy_tokenizer_files(source: CheckpointLayout, directory: Path) -> list[str]:
+    """tokenizer_source: that input's tokenizer files replace the reference's."""
+    files = source.side_files() if source.side_files is not None else None
+    names = [n for n in SIDE_FILES if n not in ("config.json", "generation_config.json")]
+    if files is None:
+        available = set() if source.source.single_file else set(source.source.list_files())
+        files = {n: source.source.read_range(n, 0, source.source.size(n)) for n in names if n in available}
+    for name in names:
+        (directory / name).unlink(missing_ok=True)
+    copied = [name for name in names if name in files]
+    for name in copied:
+        (directory / name).write_bytes(files[name])
+    return copied
+
+
+def _updated(config_bytes: bytes, changes: dict[str, Any]) -> bytes:
     config = json.loads(config_bytes)
-    keys = [key for key in ("dtype", "torch_dtype") if key in config] or ["dtype"]
-    for key in keys:
-        config[key] = dtype
+    changes = dict(changes)
+    if "dtype" in changes:
+        dtype = changes.pop("dtype")
+        for key in [key for key in ("dtype", "torch_dtype") if key in config] or ["dtype"]:
+            config[key] = dtype
+    config.update(changes)
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 

@@ -23,7 +23,7 @@ def check_method_fit(config: MergeConfig) -> None:
     if method.layerwise:
         _check_layerwise(method, config)
         return
-    _check_model_count(method, len(config.models))
+    _check_model_count(method, 1 if config.layer_stack else len(config.models))  # a stacked layer has one source
     _check_per_tensor(method, config.parameters, config, "parameters")
 
 

@@ -7,10 +7,11 @@ checkpoint, mismatched shapes, bad parameter values) surfaces before any large r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from fda_core.checkpoints.header import DTYPE_NAMES
+from fda_core.checkpoints.header import DTYPE_NAMES, TensorInfo
 from fda_core.checkpoints.inputs import open_input
 from fda_core.checkpoints.layout import CheckpointLayout, InputLimits
 from fda_core.checkpoints.validate import check_compatible
@@ -22,6 +23,7 @@ from fda_core.fda.calibration import CalibrationSet, read_calibration
 from fda_core.fda.settings import FdaParams
 from fda_core.merge.params import ParameterResolver
 from fda_core.merge.settings import layer_count_source, num_layers_of
+from fda_core.merge.tokenizers import tokenizer_reference
 from fda_core.methods import get_method
 from fda_core.methods.base import MergeMethod, ModelParams, Params
 
@@ -40,6 +42,7 @@ class TensorTask:
     params: Params | None = None
     model_params: tuple[ModelParams, ...] = ()
     method: MergeMethod | None = None  # what merges this tensor (FDA: init inside blocks, outside elsewhere)
+    reads: tuple[tuple[int, str], ...] = ()  # (input index, tensor name) when not the same name from every input
 
     @property
     def name(self) -> str:
@@ -57,6 +60,8 @@ class MergePlan:
     fda: FdaParams | None = None  # set for method: fda
     blocks: list[Block] = field(default_factory=list)  # FDA's blocks; their tensors come first in `tasks`
     calibration: list[CalibrationSet | None] = field(default_factory=list)  # per expert, FDA only
+    config_updates: dict[str, Any] = field(default_factory=dict)  # written into the output's config.json
+    tokenizer: CheckpointLayout | None = None  # tokenizer_source: whose tokenizer files the output gets
 
     @property
     def reference(self) -> CheckpointLayout:
@@ -80,6 +85,11 @@ def build_plan(
     layouts = ([base] if base else []) + experts
     _check_input_bytes(layouts, limits)
     reference = base or experts[0]
+    tokenizer = tokenizer_reference(config, layouts, reference)
+    if config.layer_stack:
+        plan = _stacked_plan(config, method, base, experts, max_shard_bytes)
+        plan.tokenizer = tokenizer
+        return plan
     check_compatible(reference, [layout for layout in layouts if layout is not reference])
     names = _read_order(reference)
     blocks = _fda_blocks(fda, reference, names, check_only) if fda else []
@@ -93,7 +103,24 @@ def build_plan(
     outputs = _lora_outputs(config, tasks) if config.lora_rank else [t.output for t in tasks]
     shards = plan_shards(outputs, 2**62 if config.lora_rank else max_shard_bytes)  # PEFT reads one adapter file
     calibration = _calibration(config, fda)
-    return MergePlan(config, method, base, experts, tasks, shards, fda, blocks, calibration)
+    return MergePlan(config, method, base, experts, tasks, shards, fda, blocks, calibration, tokenizer=tokenizer)
+
+
+def _stacked_plan(
+    config: MergeConfig, method: MergeMethod, base: CheckpointLayout | None, experts: list[CheckpointLayout],
+    max_shard_bytes: int,
+) -> MergePlan:  # fmt: skip
+    from fda_core.merge.layer_stack import stack_tasks
+
+    reference = base or experts[0]
+
+    def dtype(info: TensorInfo) -> str:
+        return DTYPE_NAMES[OUTPUT_DTYPES[config.dtype]] if config.dtype else info.dtype
+
+    tasks, updates = stack_tasks(config, reference, experts, method, 1 if base else 0, dtype)
+    outputs = _lora_outputs(config, tasks) if config.lora_rank else [t.output for t in tasks]
+    shards = plan_shards(outputs, 2**62 if config.lora_rank else max_shard_bytes)
+    return MergePlan(config, method, base, experts, tasks, shards, config_updates=updates)
 
 
 def _lora_outputs(config: MergeConfig, tasks: list[TensorTask]) -> list[OutputTensor]:

@@ -28,7 +28,13 @@ from fda_core.fda.anchors import AnchorStore
 from fda_core.fda.runner import AnchorSupplier, FdaRun, merge_blocks
 from fda_core.merge.lora_output import ADAPTER_PREFIX, LoraExtraction, is_lora_target, write_adapter_config
 from fda_core.merge.norm_check import norm_warning
-from fda_core.merge.output import check_output_free, copy_side_files, staging_directory, write_records
+from fda_core.merge.output import (
+    check_output_free,
+    copy_side_files,
+    copy_tokenizer_files,
+    staging_directory,
+    write_records,
+)
 from fda_core.merge.plan import MergePlan, TensorTask, build_plan
 from fda_core.merge.progress import CancelCallback, MergeProgress, ProgressCallback
 from fda_core.merge.provenance import build_provenance, input_digest, safetensors_metadata
@@ -89,7 +95,9 @@ def run_merge(
             pool.shutdown(wait=False, cancel_futures=True)
         clock.lap("merge")
         if not config.lora_rank:  # an adapter folder has adapter_config.json, not the base's config.json
-            copy_side_files(plan.reference, staging, config.dtype)
+            copy_side_files(plan.reference, staging, config.dtype, plan.config_updates)
+            if plan.tokenizer is not None and plan.tokenizer is not plan.reference:
+                copy_tokenizer_files(plan.tokenizer, staging)
         write_records(staging, provenance)
     clock.lap("finalize")
     parameters = sum(math.prod(t.shape) for shard in plan.shards for t in shard)
@@ -138,7 +146,7 @@ def _merge_tensors(
     readers = [open_reader(layout, check_finite=plan.config.check_finite) for layout in plan.inputs]
     metrics: dict[str, Any] = {}
     try:
-        warning = norm_warning(plan, readers)
+        warning = None if plan.config.layer_stack else norm_warning(plan, readers)
         if warning is not None:
             metrics["warnings"] = [warning]
             report(MergeProgress("check", 1, 1, message=warning))
@@ -220,14 +228,19 @@ def _fda_run(
 
 def merge_tensor(plan: MergePlan, task: TensorTask, readers: list[TensorReader], device: torch.device) -> torch.Tensor:
     """Read one tensor from every input, merge it in fp32 (fp64 for fp64 inputs), cast to the output dtype."""
-    if not task.merged:
+    if task.reads:  # a stacked layer: named tensors of named inputs, no base
+        raw = [readers[index].read(name) for index, name in task.reads]
+        if not task.merged:
+            return raw[0]
+    elif not task.merged:
         return readers[0].read(task.name)
-    raw = [reader.read(task.name) for reader in readers]
+    else:
+        raw = [reader.read(task.name) for reader in readers]
     compute = torch.float64 if any(t.dtype == torch.float64 for t in raw) else torch.float32
     tensors = [t.to(device=device, dtype=compute) for t in raw]
     del raw
-    base = tensors[0] if plan.base else None
-    experts = tensors[1:] if plan.base else tensors
+    base = tensors[0] if plan.base and not task.reads else None
+    experts = tensors[1:] if plan.base and not task.reads else tensors
     assert task.params is not None and task.method is not None
     inputs = TensorInputs(
         task.name, base, experts, task.params, list(task.model_params), _generator(plan, task, device)

@@ -154,3 +154,49 @@ def test_every_mergekit_method_has_an_equality_case() -> None:
 
     covered = {case.get("method", name) for name, case in CASES.items()}
     assert {method.spec.name for method in registered_methods()} - covered == set(NOT_EQUAL)
+
+
+def stack_config(first: Path, second: Path, layers: int) -> dict[str, Any]:
+    """A frankenmerge: every layer of `first`, then `second`'s layers from 1 on at half scale."""
+    return {
+        "merge_method": "passthrough",
+        "dtype": "float32",
+        "slices": [
+            {"sources": [{"model": str(first), "layer_range": [0, layers]}]},
+            {"sources": [{"model": str(second), "layer_range": [1, layers], "parameters": {"scale": 0.5}}]},
+        ],
+    }
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "tied_llama"])
+def test_a_multi_slice_passthrough_equals_mergekit(family: str, families, tmp_path: Path) -> None:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    if family == "tied_llama":
+        from tests.support.tiny_llama import save_tiny_llama
+
+        first, second = save_tiny_llama(tmp_path / "a"), save_tiny_llama(tmp_path / "b", seed=1)
+    else:
+        _, (first, second) = families[family]
+    layers = num_layers(first)
+    config = stack_config(first, second, layers)
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(config))
+    run_merge(
+        MergeConfiguration.model_validate(config),
+        str(tmp_path / "mergekit"),
+        options=MergeOptions(copy_tokenizer=False),
+    )
+    assert fdamerge(["merge", str(tmp_path / "merge.yaml"), "--out", str(tmp_path / "ours"), "--quiet"]) == 0
+
+    ours, theirs = load_tensors(tmp_path / "ours"), load_tensors(tmp_path / "mergekit")
+    differences = max_abs_difference(ours, theirs)  # also: the same tensor names, so the head is (not) there alike
+    assert max(differences.values()) <= TOLERANCE
+    ours_config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    theirs_config = json.loads((tmp_path / "mergekit" / "config.json").read_text())
+    key = "num_hidden_layers" if "num_hidden_layers" in ours_config else "n_layer"
+    assert ours_config[key] == theirs_config[key] == 2 * layers - 1
+    tied = family in ("gpt2", "tied_llama")  # GPT-2 ties its head too: neither writes lm_head
+    assert ours_config["tie_word_embeddings"] is tied and ("lm_head.weight" not in ours) is tied
+    assert bool(theirs_config.get("tie_word_embeddings", True)) is tied

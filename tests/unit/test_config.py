@@ -48,8 +48,10 @@ def test_mergekit_dare_rescale_means_l1_norm_matching() -> None:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"slices": [{"sources": []}, {"sources": []}]}, "2 slices (layer stacking) are not supported"),
-        ({"tokenizer_source": "union"}, "tokenizer_source 'union' is not supported"),
+        (
+            {"slices": [{"sources": []}, {"sources": []}]},
+            "2 slices with ties: fda-merge stacks slices with passthrough",
+        ),
         ({"merge_method_options": {}}, "mergekit option 'merge_method_options' is not supported"),
         ({"models": ["./a", "./b"]}, "every models entry is a mapping with a model key"),
         ({"slices": [{"sources": [{"model": "b", "layer_range": [0]}]}]}, "must all take the same layer_range"),

@@ -98,6 +98,11 @@ class MergeConfig(BaseModel):
         description="mergekit's tokenizer_source: base (default), union, or the base or one of the models; accepted"
         " when every input has the same vocabulary (embedding rows are not remapped)",
     )
+    gguf: Literal["f32", "f16", "bf16", "q8_0"] | None = Field(
+        None,
+        description="Also write the merge as model.gguf (llama.cpp) of this type in the output folder; LLaMA-style"
+        " models only",
+    )
     lora_rank: int | None = Field(
         None,
         ge=1,
@@ -115,6 +120,8 @@ class MergeConfig(BaseModel):
         check_method_fit(self)  # raises ValueError, reported by pydantic with the field
         if self.lora_rank is not None and not self.base_model:
             raise ValueError("lora_rank: a LoRA adapter is relative to a base; set base_model")
+        if self.lora_rank is not None and self.gguf is not None:
+            raise ValueError("gguf: a LoRA adapter output has no GGUF form here; drop gguf or lora_rank")
         if self.layer_stack is not None:
             self._check_layer_stack()
         return self

@@ -86,6 +86,11 @@ def build_plan(
     _check_input_bytes(layouts, limits)
     reference = base or experts[0]
     tokenizer = tokenizer_reference(config, layouts, reference)
+    if config.gguf and (reference.config or {}).get("model_type") not in ("llama", "mistral"):
+        raise ConfigError(
+            f"gguf: {reference.uri} is model_type {(reference.config or {}).get('model_type')!r}; fda-merge writes"
+            " GGUF for LLaMA-style models (llama, mistral) only"
+        )
     if config.layer_stack:
         plan = _stacked_plan(config, method, base, experts, max_shard_bytes)
         plan.tokenizer = tokenizer

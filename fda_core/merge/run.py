@@ -99,12 +99,25 @@ def run_merge(
             if plan.tokenizer is not None and plan.tokenizer is not plan.reference:
                 copy_tokenizer_files(plan.tokenizer, staging)
         write_records(staging, provenance)
+        if config.gguf:
+            report(MergeProgress("finalize", 0, 1, message="writing model.gguf"))
+            _write_gguf(staging, config.gguf, options.limits)
     clock.lap("finalize")
     parameters = sum(math.prod(t.shape) for shard in plan.shards for t in shard)
     return MergeResult(
         Path(out_dir), config.method, len(plan.tasks), parameters, shards, clock.laps, provenance, metrics,
         list(metrics.get("warnings", [])),
     )  # fmt: skip
+
+
+def _write_gguf(staging: Path, kind: str, limits: InputLimits) -> None:
+    """model.gguf beside the safetensors: read back from the folder this merge just wrote (ours, so outside
+    whatever LocalAccess seals the inputs to)."""
+    from fda_core.checkpoints.gguf_export import export_gguf
+    from fda_core.checkpoints.sources import LocalAccess, local_access
+
+    with local_access(LocalAccess()):
+        export_gguf(str(staging), staging / "model.gguf", kind, limits=limits)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -108,3 +108,16 @@ def test_a_tied_config_with_a_different_stored_head_is_refused(tiny: dict[str, P
 def test_convert_refuses_two_folders_or_two_gguf_files(tiny: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert fdamerge(["convert", str(tiny["tied"]), "--out", str(tmp_path / "folder")]) == 2
     assert "give a .gguf file and a folder" in capsys.readouterr().err
+
+
+def test_a_merge_with_gguf_set_also_writes_model_gguf_that_reads_back_as_the_merge(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    expert = tmp_path / "expert"
+    expert.mkdir()
+    save_file({n: t * 1.5 for n, t in load_tensors(tiny["tied"]).items()}, str(expert / "model.safetensors"))
+    doc = {"method": "linear", "base_model": str(tiny["tied"]), "models": [{"model": str(tiny["tied"])}, {"model": str(expert)}], "gguf": "f32"}  # fmt: skip
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(doc))
+    assert fdamerge(["merge", str(tmp_path / "merge.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert fdamerge(["convert", str(tmp_path / "out" / "model.gguf"), "--out", str(tmp_path / "back")]) == 0
+    assert max(max_abs_difference(load_tensors(tmp_path / "back"), load_tensors(tmp_path / "out")).values()) == 0.0

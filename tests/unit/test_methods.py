@@ -220,10 +220,23 @@ def test_model_stock_follows_its_interpolation_formula() -> None:
     torch.testing.assert_close(merge("model_stock", base, [a, b]), 0.75 * (a + b) / 2)
 
 
-def test_model_stock_stays_at_the_base_when_experts_point_apart() -> None:
+def test_model_stock_extrapolates_away_from_experts_that_point_apart() -> None:
     base = torch.ones(2)
-    got = merge("model_stock", base, [base + torch.tensor([1.0, 0.0]), base + torch.tensor([-1.0, 0.1])])
+    a, b = base + torch.tensor([1.0, 0.0]), base + torch.tensor([-0.6, 0.8])  # cos = −0.6 → t = −1.2 / 0.4 = −3
+    torch.testing.assert_close(merge("model_stock", base, [a, b]), -3 * (a + b) / 2 + 4 * base)  # as mergekit
+
+
+def test_model_stock_keeps_the_base_where_its_ratio_has_no_finite_value() -> None:
+    base = torch.ones(2)
+    got = merge("model_stock", base, [base + torch.tensor([1.0, 0.0]), base - torch.tensor([1.0, 0.0])])  # 1 + c = 0
     torch.testing.assert_close(got, base)
+
+
+def test_model_stock_filter_wise_gives_each_row_its_own_ratio() -> None:
+    base = torch.zeros(2, 2)
+    a, b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.6, 0.8], [1.0, 0.0]])  # rows: cos 0.6 and 1
+    got = merge("model_stock", base, [a, b], {"filter_wise": True})
+    torch.testing.assert_close(got, torch.tensor([[0.75], [1.0]]) * (a + b) / 2)
 
 
 def test_slerp_of_antiparallel_tensors_falls_back_to_lerp() -> None:

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.streams import StreamHub
 from service.auth import Principal, Unauthorized, authenticate
 from service.db import session_factory
 from service.preflight import PreflightGate
@@ -38,10 +39,15 @@ def get_preflight_gate(request: Request) -> PreflightGate:
     return request.app.state.preflight_gate
 
 
+def get_stream_hub(request: Request) -> StreamHub:
+    return request.app.state.stream_hub
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]  # closed before the response streams
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 PreflightGateDep = Annotated[PreflightGate, Depends(get_preflight_gate)]
+StreamHubDep = Annotated[StreamHub, Depends(get_stream_hub)]
 
 
 def get_principal(

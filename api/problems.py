@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from api.openapi import PROBLEM, TITLES
 from fda_core.errors import FdaMergeError
 from service.auth import Forbidden, Unauthorized
-from service.errors import Conflict, IdempotencyMismatch, InvalidRequest, LeaseLost, NotFound, ServiceError
+from service.errors import Conflict, IdempotencyMismatch, InvalidRequest, LeaseLost, NotFound, ServiceError, Unavailable
 from service.limits import Busy, QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ STATUS: dict[type[Exception], int] = {
     Forbidden: 403,
     QuotaExceeded: 429,
     Busy: 503,
+    Unavailable: 503,
 }
 
 

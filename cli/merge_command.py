@@ -35,9 +35,26 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (kill, systemctl stop, a closed terminal): unwinds like Ctrl+C, so the hidden
+    staging folder is removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from fda_core.errors import FdaMergeError  # heavy imports after argument parsing, so --help is instant
 
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     try:
         return _merge(args)
     except (FdaMergeError, OSError) as exc:
@@ -46,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("fdamerge: interrupted; no output written", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"fdamerge: {signal.Signals(stop.signum).name}: stopped; no output written", file=sys.stderr)
+        return 128 + stop.signum
 
 
 def _merge(args: argparse.Namespace) -> int:

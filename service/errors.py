@@ -37,3 +37,13 @@ class InvalidRequest(ServiceError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class Unavailable(ServiceError):
+    """A dependency (object store, database, broker) is down for now; retry later (503 with Retry-After)."""
+
+    code = "service_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

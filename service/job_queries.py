@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.errors import InvalidRequest
@@ -106,3 +106,17 @@ def metrics_of(session: Session, job_id: str) -> dict[str, dict]:
 def job_status(session: Session, job_id: str) -> str | None:
     job = session.get(MergeJob, job_id)
     return job.status if job is not None else None
+
+
+def latest_events(session: Session, job_ids: list[str]) -> dict[str, tuple[int | None, str | None]]:
+    """For each job: (its newest event id, its status) — what an event stream waits on, for many jobs at once."""
+    found: dict[str, tuple[int | None, str | None]] = {}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start : start + 500]
+        newest = select(JobEvent.job_id, func.max(JobEvent.id)).where(JobEvent.job_id.in_(chunk))
+        ids = dict(session.execute(newest.group_by(JobEvent.job_id)).tuples().all())
+        statuses = dict(
+            session.execute(select(MergeJob.id, MergeJob.status).where(MergeJob.id.in_(chunk))).tuples().all()
+        )
+        found.update({job_id: (ids.get(job_id), statuses.get(job_id)) for job_id in chunk})
+    return found

@@ -8,16 +8,17 @@ a duplicate queue delivery, a stale worker or a racing reaper can never move a j
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import counters
+from service.clock import db_now
 from service.errors import Conflict, IdempotencyMismatch, LeaseLost, NotFound
 from service.ids import new_id
-from service.models import Artifact, JobEvent, MergeJob, Metric, utcnow
+from service.models import Artifact, JobEvent, Leftover, MergeJob, Metric
 from service.webhooks import record_event
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def attempt_prefix(base: str, attempt: int) -> str:
 
 
 def mark_enqueued(session: Session, job_id: str) -> None:
-    session.execute(update(MergeJob).where(MergeJob.id == job_id).values(enqueued_at=utcnow()))
+    session.execute(update(MergeJob).where(MergeJob.id == job_id).values(enqueued_at=db_now()))
     session.commit()
 
 
@@ -106,36 +107,46 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> MergeJob:
 
 def claim_job(session: Session, job_id: str, *, worker_id: str, lease_seconds: float) -> MergeJob | None:
     """Take the job for this worker, or None when it is not claimable (already running elsewhere,
-    finished, or its attempts used up): a duplicate delivery then simply exits."""
-    now = utcnow()
+    finished, or its attempts used up): a duplicate delivery then simply exits. The attempt's output
+    prefix is recorded as a leftover in the same transaction, before anything can be written there."""
     claimable = or_(
         MergeJob.status == "queued",
-        (MergeJob.status == "running") & (MergeJob.lease_expires_at < now) & (MergeJob.attempt < MergeJob.max_attempts),
+        (MergeJob.status == "running")
+        & (MergeJob.lease_expires_at < db_now())
+        & (MergeJob.attempt < MergeJob.max_attempts),
     )
     values = {
         "status": "running", "stage": "starting", "worker_id": worker_id, "attempt": MergeJob.attempt + 1,
-        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "lease_expires_at": db_now(lease_seconds), "started_at": func.coalesce(MergeJob.started_at, db_now()),
     }  # fmt: skip
     if _changed(session, update(MergeJob).where(MergeJob.id == job_id, claimable).values(**values)) != 1:
         session.rollback()
         return None
     job = session.get(MergeJob, job_id, populate_existing=True)
     assert job is not None
-    if job.started_at is None:
-        job.started_at = now
+    session.merge(Leftover(job_id=job_id, attempt=job.attempt, prefix=attempt_prefix(output_base(job), job.attempt)))
     session.add(JobEvent(job_id=job_id, kind="status", attempt=job.attempt, message=f"running on {worker_id}"))
     record_event(session, job, "running")
     session.commit()
     return job
 
 
+def is_claimable(session: Session, job_id: str) -> bool:
+    """Whether a delivery of this job could claim it now (the worker's parent asks before using a
+    process: a cancelled or finished job's message is dropped without work)."""
+    claimable = or_(
+        MergeJob.status == "queued",
+        (MergeJob.status == "running")
+        & (MergeJob.lease_expires_at < db_now())
+        & (MergeJob.attempt < MergeJob.max_attempts),
+    )
+    return session.scalar(select(MergeJob.id).where(MergeJob.id == job_id, claimable)) is not None
+
+
 def heartbeat(session: Session, job_id: str, *, worker_id: str, lease_seconds: float) -> bool:
     """Renew this worker's lease; returns whether a cancel was requested. LeaseLost if another worker owns it."""
-    now = utcnow()
     owned = _owned(job_id, worker_id)
-    renewed = _changed(
-        session, update(MergeJob).where(*owned).values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-    )
+    renewed = _changed(session, update(MergeJob).where(*owned).values(lease_expires_at=db_now(lease_seconds)))
     if renewed != 1:
         session.rollback()
         raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
@@ -169,11 +180,20 @@ def finish_job(
     artifacts: list[dict[str, Any]],
     metrics: dict[str, dict[str, Any]],
 ) -> None:
-    """succeeded, with its artifacts and metrics, in one transaction: the owner's result lands exactly once."""
-    _end(session, job_id, worker_id, "succeeded", result=result, progress=1.0, stage="done")
+    """succeeded, with its artifacts and metrics, in one transaction: the owner's result lands exactly once.
+    The winning attempt's leftover row goes in the same transaction: its files are the job's output now."""
+    attempt = _end(session, job_id, worker_id, "succeeded", result=result, progress=1.0, stage="done")
     session.add_all(Artifact(job_id=job_id, **artifact) for artifact in artifacts)
     session.add_all(Metric(job_id=job_id, name=name, value=value) for name, value in metrics.items())
+    session.execute(delete(Leftover).where(Leftover.job_id == job_id, Leftover.attempt == attempt))
+    counters.add(session, counters.totals_of_result(result, sum(float(a["size"]) for a in artifacts)))
     session.commit()
+
+
+def published(session: Session, job_id: str, output_uri: str) -> bool:
+    """Whether the job ended succeeded with this output (a finish whose reply was lost may have committed)."""
+    job = session.get(MergeJob, job_id, populate_existing=True)
+    return job is not None and job.status == "succeeded" and (job.result or {}).get("output") == output_uri
 
 
 def fail_job(
@@ -189,19 +209,57 @@ def cancelled_by_worker(session: Session, job_id: str, *, worker_id: str) -> Non
     session.commit()
 
 
-def _end(session: Session, job_id: str, worker_id: str, status: str, **values: Any) -> None:
+def _end(session: Session, job_id: str, worker_id: str, status: str, **values: Any) -> int:
+    """The owner's terminal transition; returns the attempt that made it."""
     ended = _changed(
         session,
-        update(MergeJob).where(*_owned(job_id, worker_id)).values(status=status, finished_at=utcnow(), **values),
+        update(MergeJob).where(*_owned(job_id, worker_id)).values(status=status, finished_at=db_now(), **values),
     )
     if ended != 1:
         session.rollback()
         raise LeaseLost(f"job {job_id} is no longer held by {worker_id}; not marking it {status}")
     message = values.get("error_message") or status
+    attempt = int(session.scalar(select(MergeJob.attempt).where(MergeJob.id == job_id)) or 0)
     session.add(
-        JobEvent(job_id=job_id, kind="status", message=f"{status}: {message}" if status == "failed" else status)
-    )
+        JobEvent(
+            job_id=job_id, kind="status", attempt=attempt,
+            message=f"{status}: {message}" if status == "failed" else status,
+        )
+    )  # fmt: skip
+    if status == "failed":
+        counters.add(session, {("failures", str(values.get("error_code") or "unknown")): 1.0})
     _announce(session, job_id, status)
+    return attempt
+
+
+def hand_back(session: Session, job_id: str, *, worker_id: str, reason: str, counts: bool) -> str:
+    """The owner gives the job back to the queue: `counts` False (the worker is shutting down) does not
+    use up an attempt; True (an infrastructure outage outlasted the attempt's retries) does, and with no
+    attempts left the job fails with infrastructure_error. Returns the job's new status."""
+    job = session.get(MergeJob, job_id, populate_existing=True)
+    if job is None or job.worker_id != worker_id or job.status not in ACTIVE:
+        session.rollback()
+        raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
+    if job.status == "cancelling":
+        _end(session, job_id, worker_id, "cancelled", stage="cancelled")
+        session.commit()
+        return "cancelled"
+    if counts and job.attempt >= job.max_attempts:
+        message = f"{reason} (on each of {job.attempt} attempts)"
+        _end(session, job_id, worker_id, "failed", error_code="infrastructure_error", error_message=message)
+        session.commit()
+        return "failed"
+    values: dict[str, Any] = {
+        "status": "queued", "stage": "requeued", "worker_id": None, "lease_expires_at": None, "enqueued_at": None,
+    }  # fmt: skip
+    if not counts:
+        values["max_attempts"] = MergeJob.max_attempts + 1  # this attempt did not count
+    if _changed(session, update(MergeJob).where(*_owned(job_id, worker_id)).values(**values)) != 1:
+        session.rollback()
+        raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
+    session.add(JobEvent(job_id=job_id, kind="status", attempt=job.attempt, message=f"requeued: {reason}"))
+    session.commit()
+    return "queued"
 
 
 def _announce(session: Session, job_id: str, status: str) -> None:
@@ -223,9 +281,8 @@ def _owned(job_id: str, worker_id: str) -> tuple:
 def request_cancel(session: Session, tenant_id: str, job_id: str) -> MergeJob:
     """queued → cancelled at once; running → cancelling (the worker stops at its next step)."""
     job = get_job(session, tenant_id, job_id)
-    now = utcnow()
     queued = update(MergeJob).where(MergeJob.id == job_id, MergeJob.status == "queued")
-    if _changed(session, queued.values(status="cancelled", stage="cancelled", finished_at=now)) == 1:
+    if _changed(session, queued.values(status="cancelled", stage="cancelled", finished_at=db_now())) == 1:
         session.add(JobEvent(job_id=job_id, kind="status", message="cancelled before it started"))
         _announce(session, job_id, "cancelled")
     else:
@@ -245,7 +302,7 @@ def request_cancel(session: Session, tenant_id: str, job_id: str) -> MergeJob:
 @dataclass
 class Reaped:
     requeued: list[str]  # to enqueue after the commit
-    ended: list[str]  # output bases of jobs that ended (worker_lost, cancelled): their leftovers go
+    ended: list[str]  # jobs that ended (worker_lost, cancelled); their attempts' leftovers are garbage now
 
 
 def retry_job(session: Session, tenant_id: str, job_id: str, max_attempts: int) -> MergeJob:
@@ -267,25 +324,24 @@ def retry_job(session: Session, tenant_id: str, job_id: str, max_attempts: int) 
     return job
 
 
-def reap_expired(session: Session, now: datetime | None = None) -> Reaped:
-    """Jobs whose worker stopped heartbeating: re-queued while attempts remain, else failed with
-    worker_lost; an abandoned cancelling job ends cancelled."""
-    now = now or utcnow()
-    expired = select(MergeJob).where(MergeJob.status.in_(ACTIVE), MergeJob.lease_expires_at < now)
+def reap_expired(session: Session) -> Reaped:
+    """Jobs whose worker stopped heartbeating (their lease passed, by the database's clock): re-queued
+    while attempts remain, else failed with worker_lost; an abandoned cancelling job ends cancelled."""
+    expired = select(MergeJob).where(MergeJob.status.in_(ACTIVE), MergeJob.lease_expires_at < db_now())
     reaped = Reaped([], [])
     for job in session.scalars(expired).all():
-        outcome = _reap_one(session, job, now)
+        outcome = _reap_one(session, job)
         if outcome == "queued":
             reaped.requeued.append(job.id)
         elif outcome != "skipped":
-            reaped.ended.append(output_base(job))
+            reaped.ended.append(job.id)
     session.commit()
     return reaped
 
 
-def _reap_one(session: Session, job: MergeJob, now: datetime) -> str:
+def _reap_one(session: Session, job: MergeJob) -> str:
     if job.status == "cancelling":
-        values: dict[str, Any] = {"status": "cancelled", "stage": "cancelled", "finished_at": now}
+        values: dict[str, Any] = {"status": "cancelled", "stage": "cancelled", "finished_at": db_now()}
     elif job.attempt < job.max_attempts:
         values = {
             "status": "queued",
@@ -296,12 +352,42 @@ def _reap_one(session: Session, job: MergeJob, now: datetime) -> str:
         }
     else:
         message = f"the worker was lost on each of {job.attempt} attempts"
-        values = {"status": "failed", "error_code": "worker_lost", "error_message": message, "finished_at": now}
+        values = {"status": "failed", "error_code": "worker_lost", "error_message": message, "finished_at": db_now()}
     guard = (MergeJob.id == job.id, MergeJob.status == job.status, MergeJob.lease_expires_at == job.lease_expires_at)
     if _changed(session, update(MergeJob).where(*guard).values(**values)) != 1:
         return "skipped"  # a heartbeat or another reaper got there first
     session.add(
         JobEvent(job_id=job.id, kind="status", attempt=job.attempt, message=f"lease expired: {values['status']}")
     )
+    if values["status"] == "failed":
+        counters.add(session, {("failures", "worker_lost"): 1.0})
     _announce(session, job.id, str(values["status"]))
     return str(values["status"])
+
+
+# --- leftovers: attempts' files that can never be published ---------------------------------------
+
+
+def garbage_leftovers(session: Session, job_id: str | None = None, limit: int = 200) -> list[Leftover]:
+    """Leftover rows whose attempt is not the one running now: that attempt can never publish
+    (finish_job needs the owner of an active job, and deletes the winner's row itself)."""
+    current = (MergeJob.status.in_(ACTIVE)) & (MergeJob.attempt == Leftover.attempt)
+    query = select(Leftover).join(MergeJob, MergeJob.id == Leftover.job_id).where(~current)
+    if job_id is not None:
+        query = query.where(Leftover.job_id == job_id)
+    return list(session.scalars(query.order_by(Leftover.created_at).limit(limit)))
+
+
+def forget_leftover(session: Session, job_id: str, attempt: int) -> None:
+    """The attempt's files are gone (deleted) or are the job's output; committed."""
+    session.execute(delete(Leftover).where(Leftover.job_id == job_id, Leftover.attempt == attempt))
+    session.commit()
+
+
+def unclaimed(session: Session, older_than_seconds: float) -> list[str]:
+    """Queued jobs sent to the queue longer ago than this and not claimed since (oldest first)."""
+    query = select(MergeJob.id).where(
+        MergeJob.status == "queued", MergeJob.enqueued_at.is_not(None),
+        MergeJob.enqueued_at < db_now(-older_than_seconds),
+    )  # fmt: skip
+    return list(session.scalars(query.order_by(MergeJob.enqueued_at).limit(1000)))

@@ -37,6 +37,9 @@ class Limits(BaseSettings):
     webhook_endpoints_per_tenant: int = Field(20, ge=1)
     schedules_per_tenant: int = Field(50, ge=1)
     api_keys_per_tenant: int = Field(50, ge=1, description="Active (unrevoked, unexpired) keys of a tenant")
+    event_streams_per_tenant: int = Field(
+        100, ge=1, description="Open ?stream=true event streams of one tenant, per API process; more answer 429"
+    )
     concurrent_preflights: int = Field(4, ge=1, description="Submit-time input checks running at once per API process")
 
 

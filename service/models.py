@@ -159,6 +159,28 @@ class Metric(Base):
     value: Mapped[dict[str, Any]]
 
 
+class Leftover(Base):
+    """Storage one attempt may write to, recorded when the attempt is claimed (before it writes anything).
+
+    The row of the attempt that wins is deleted in its finish transaction; every other row names files
+    that can never be published, removed by the worker that made them or, after a crash, by the reaper."""
+
+    __tablename__ = "leftovers"
+    job_id: Mapped[str] = mapped_column(ForeignKey("merge_jobs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(1024))  # the attempt's key under FDA_STORAGE_URL
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FleetCounter(Base):
+    """Totals /metrics reports, kept as jobs change state (never recomputed from every job)."""
+
+    __tablename__ = "fleet_counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)  # one label value, e.g. a phase
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class WebhookEndpoint(Base):
     """Where a tenant hears about its jobs (Standard Webhooks); the secret signs every delivery."""
 

@@ -1,5 +1,7 @@
-"""Prometheus metrics computed from the database at scrape time (so any number of API processes
-agree), the queue depth from the broker, and JSON logs that carry the job, tenant and attempt."""
+"""Prometheus metrics from the database at scrape time (so any number of API processes agree): jobs by
+status (an indexed count), and totals kept in fleet_counters as jobs change state (service.counters;
+never a scan of every job); the queue depth from the broker; JSON logs that carry the job, tenant and
+attempt."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Artifact, MergeJob, WebhookDelivery
+from service import counters
+from service.models import MergeJob, WebhookDelivery
 from service.queue import MERGE_QUEUE
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
@@ -25,18 +28,30 @@ def prometheus_text(session: Session, broker_url: str) -> str:
     _family(lines, "fdamerge_jobs", "gauge", "Merge jobs by status", _by_status(session))
     _family(lines, "fdamerge_queue_depth", "gauge", "Messages waiting on the merge queue", _queue(broker_url))
     _family(
-        lines,
-        "fdamerge_phase_seconds_total",
-        "counter",
-        "Seconds spent per merge phase (succeeded jobs)",
-        _phases(session),
-    )
+        lines, "fdamerge_phase_seconds_total", "counter", "Seconds spent per merge phase (succeeded jobs)",
+        _counter(session, "phase_seconds", "phase"),
+    )  # fmt: skip
     _family(
-        lines, "fdamerge_bytes_total", "counter", "Bytes moved (downloaded inputs, uploaded outputs)", _bytes(session)
-    )
-    _family(lines, "fdamerge_checkpoint_cache_total", "counter", "Worker checkpoint cache uses", _cache(session))
+        lines, "fdamerge_bytes_total", "counter", "Bytes moved (downloaded inputs, uploaded outputs)",
+        _counter(session, "bytes", "direction", ("downloaded", "uploaded")),
+    )  # fmt: skip
+    _family(
+        lines, "fdamerge_checkpoint_cache_total", "counter", "Worker checkpoint cache uses",
+        _counter(session, "checkpoint_cache", "outcome", ("hit", "miss")),
+    )  # fmt: skip
+    _family(
+        lines, "fdamerge_job_failures_total", "counter", "Failed jobs by error code",
+        _counter(session, "failures", "code"),
+    )  # fmt: skip
     _family(lines, "fdamerge_webhook_deliveries", "gauge", "Webhook deliveries by outcome", _deliveries(session))
     return "\n".join(lines) + "\n"
+
+
+def _counter(
+    session: Session, name: str, label: str, always: tuple[str, ...] = ()
+) -> list[tuple[dict[str, str], float]]:
+    values = {value: 0.0 for value in always} | counters.read(session, name)
+    return [({label: value}, total) for value, total in sorted(values.items())]
 
 
 def _family(
@@ -51,35 +66,6 @@ def _family(
 def _by_status(session: Session) -> list[tuple[dict[str, str], float]]:
     counts = dict(session.execute(select(MergeJob.status, func.count()).group_by(MergeJob.status)).all())
     return [({"status": status}, float(counts.get(status, 0))) for status in JOB_STATUSES]
-
-
-def _finished_results(session: Session) -> Iterator[dict[str, Any]]:
-    query = select(MergeJob.result).where(MergeJob.status == "succeeded", MergeJob.result.is_not(None))
-    yield from (r for r in session.scalars(query) if isinstance(r, dict))
-
-
-def _phases(session: Session) -> list[tuple[dict[str, str], float]]:
-    totals: dict[str, float] = {}
-    for result in _finished_results(session):
-        for phase, seconds in (result.get("seconds") or {}).items():
-            totals[phase] = totals.get(phase, 0.0) + float(seconds)
-    return [({"phase": phase}, value) for phase, value in sorted(totals.items())]
-
-
-def _bytes(session: Session) -> list[tuple[dict[str, str], float]]:
-    uploaded = float(session.scalar(select(func.coalesce(func.sum(Artifact.size), 0))) or 0)
-    downloaded = sum(
-        float((r.get("checkpoint_cache") or {}).get("bytes_downloaded", 0)) for r in _finished_results(session)
-    )
-    return [({"direction": "downloaded"}, downloaded), ({"direction": "uploaded"}, uploaded)]
-
-
-def _cache(session: Session) -> list[tuple[dict[str, str], float]]:
-    hits = misses = 0.0
-    for result in _finished_results(session):
-        cache = result.get("checkpoint_cache") or {}
-        hits, misses = hits + cache.get("hits", 0), misses + cache.get("misses", 0)
-    return [({"outcome": "hit"}, hits), ({"outcome": "miss"}, misses)]
 
 
 def _deliveries(session: Session) -> list[tuple[dict[str, str], float]]:

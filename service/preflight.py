@@ -22,15 +22,17 @@ from fda_core.checkpoints.layout import InputLimits
 from fda_core.checkpoints.sources import local_access
 from fda_core.errors import FdaMergeError, InputLimitError
 from fda_core.merge.plan import build_plan
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, Unavailable
 from service.jobspec import JobSpec
 from service.limits import Busy, LimitExceeded, Limits
+from service.retry import InfrastructureError
 from service.settings import Settings
 from service.sources import register_s3
 from service.submission import InputPolicy
 
 PLAN_SHARD_BYTES = 5 << 30
 WAIT_SECONDS = 10.0
+RETRY_SECONDS = 5.0  # a submit rides out a short S3 blip, then answers 503 (never blames the tenant's input)
 
 
 def input_limits(limits: Limits) -> InputLimits:
@@ -40,11 +42,13 @@ def input_limits(limits: Limits) -> InputLimits:
 
 
 def preflight(spec: JobSpec, settings: Settings, policy: InputPolicy) -> None:
-    register_s3(settings)
+    register_s3(settings, RETRY_SECONDS)
     config = spec.merge_config()
     try:
         with local_access(policy.local_access()):
             build_plan(config, PLAN_SHARD_BYTES, limits=input_limits(settings.limits), check_only=True)
+    except InfrastructureError as exc:
+        raise Unavailable(f"the object store is not answering; retry shortly ({exc})") from None
     except InputLimitError as exc:
         raise LimitExceeded(str(exc), _input_named(spec, str(exc)), "input_size") from None
     except FdaMergeError as exc:

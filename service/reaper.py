@@ -1,31 +1,75 @@
-"""Periodic work: the reaper (expired leases back to the queue after the commit, or ended with their
-leftovers deleted; queued jobs whose message never reached the queue sent again) and the scheduler tick."""
+"""Periodic work: the reaper and the scheduler tick.
+
+Each reaper tick: jobs whose lease expired go back to the queue (or end); leftovers of attempts that
+can never publish are deleted (their rows stay until the delete succeeds, so a failed tick loses
+nothing); queued jobs whose message was lost after it was sent are sent again; waiting jobs are sent
+as their tenants' windows allow.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from service.db import session_scope
-from service.jobs import mark_enqueued, reap_expired
-from service.queue import Dispatcher
+from service.jobs import forget_leftover, garbage_leftovers, mark_enqueued, reap_expired, unclaimed
+from service.queue import Dispatcher, waiting_job_ids
 from service.settings import Settings
-from service.storage import make_storage
+from service.storage import Storage, storage_of
 
 log = logging.getLogger(__name__)
 
 
 def reap_and_requeue(settings: Settings, dispatcher: Dispatcher) -> list[str]:
-    """Returns the jobs sent to the queue: those whose lease expired (back in their tenant's window)
-    and every waiting job that now fits its tenant's window (service.dispatch)."""
+    """Returns the jobs sent to the queue: those whose lease expired (back in their tenant's window),
+    those whose message was lost, and every waiting job that now fits its tenant's window."""
     from service.dispatch import dispatch_all
 
     with session_scope(settings.database_url) as session:
-        reaped = reap_expired(session)
-    if reaped.ended:
-        storage = make_storage(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
-        for base in reaped.ended:
-            storage.delete_prefix(base)
-    return dispatch_all(settings, dispatcher)
+        reap_expired(session)
+    try:
+        clean_leftovers(settings)
+    except Exception:
+        log.exception("deleting leftovers failed; the next tick retries")
+    resent = resend_unclaimed(settings, dispatcher)
+    return resent + dispatch_all(settings, dispatcher)
+
+
+def clean_leftovers(settings: Settings, job_id: str | None = None, storage: Storage | None = None) -> int:
+    """Delete the files of attempts that can never publish (all jobs, or one); returns how many went."""
+    storage = storage or storage_of(settings)
+    with session_scope(settings.database_url) as session:
+        garbage = [(row.job_id, row.attempt, row.prefix) for row in garbage_leftovers(session, job_id)]
+    for job, attempt, prefix in garbage:
+        storage.delete_prefix(prefix)
+        with session_scope(settings.database_url) as session:
+            forget_leftover(session, job, attempt)
+    return len(garbage)
+
+
+def resend_unclaimed(settings: Settings, dispatcher: Dispatcher) -> list[str]:
+    """Queued jobs that were sent but that nobody claimed, and whose message the broker no longer holds
+    (a failed claim acked by Celery, a worker lost holding it, a broker that lost it): sent again. The
+    claim is a compare-and-set, so a duplicate message only costs the worker a database read."""
+    try:
+        waiting = waiting_job_ids(settings.broker_url)  # the broker first: a job claimed meanwhile is not queued
+    except Exception:
+        log.warning("cannot read the merge queue; lost messages are re-sent once it answers", exc_info=True)
+        return []
+    if waiting is None:
+        return []
+    with session_scope(settings.database_url) as session:
+        lost = [job_id for job_id in unclaimed(session, settings.unclaimed_after_seconds) if job_id not in waiting]
+    resent = []
+    for job_id in lost:
+        try:
+            send(settings, dispatcher, job_id)
+            resent.append(job_id)
+        except Exception:
+            log.exception("job %s: its message was lost and re-sending failed; the next tick retries", job_id)
+            break
+    if resent:
+        log.warning("re-sent %d queued jobs whose messages were lost: %s", len(resent), ", ".join(resent[:20]))
+    return resent
 
 
 def send(settings: Settings, dispatcher: Dispatcher, job_id: str) -> None:
@@ -58,15 +102,7 @@ def fire_schedules(settings: Settings, dispatcher: Dispatcher) -> list[str]:
 
 
 def deliver_webhooks(settings: Settings) -> int:
-    """One sender pass: every due delivery attempted once; returns how many were attempted."""
-    from service.models import WebhookDelivery
-    from service.webhooks import attempt_delivery, due_deliveries
+    """One webhook sender pass (service.webhook_sender)."""
+    from service.webhook_sender import deliver_due
 
-    with session_scope(settings.database_url) as session:
-        due = [delivery.id for delivery in due_deliveries(session)]
-    for delivery_id in due:  # one transaction per delivery: a slow or broken endpoint holds up no other
-        with session_scope(settings.database_url) as session:
-            delivery = session.get(WebhookDelivery, delivery_id, with_for_update={"skip_locked": True})
-            if delivery is not None and delivery.status == "pending":
-                attempt_delivery(session, delivery, settings.webhooks_allow_loopback)
-    return len(due)
+    return deliver_due(settings)

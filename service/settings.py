@@ -40,6 +40,26 @@ class Settings(BaseSettings):
     local_inputs: bool = Field(
         False, description="Accept local paths as inputs (fdamerge up: on); each still on the tenant's allowlist"
     )
+    db_statement_timeout_seconds: float = Field(
+        30.0, gt=0, description="PostgreSQL: a statement running longer is cancelled (every connection)"
+    )
+    db_lock_timeout_seconds: float = Field(
+        10.0, gt=0, description="A statement waiting longer for a lock fails (PostgreSQL lock_timeout, SQLite busy)"
+    )
+    transient_retry_seconds: float = Field(
+        300.0, gt=0, description="How long an attempt rides out a database, broker or storage outage (backoff)"
+    )
+    unclaimed_after_seconds: float = Field(
+        60.0, gt=0, description="A queued job sent this long ago, whose message the broker no longer holds, is re-sent"
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="A stopping worker lets its job run this long, then hands it back (no attempt used)"
+    )
+    reap_every_seconds: float = Field(30.0, gt=0, description="The reaper's period (fdamerge beat)")
+    schedules_every_seconds: float = Field(15.0, gt=0, description="The scheduler tick's period (fdamerge beat)")
+    webhooks_every_seconds: float = Field(5.0, gt=0, description="The webhook sender's period (fdamerge beat)")
+    stream_keepalive_seconds: float = Field(15.0, gt=0, description="An event stream sends a comment this often")
+    oom_retries: int = Field(2, ge=0, description="Retries of a merge that ran out of GPU memory, smaller each time")
     limits: Limits = Field(default_factory=Limits, description="Per-job and per-tenant limits (FDA_LIMIT_*)")
     example_models: Path | None = Field(
         None, description="Folder of demo checkpoints (base, expert-a, expert-b) the dashboard's example merges"

@@ -10,9 +10,11 @@ from fda_core.checkpoints.sources import CheckpointSource, register_scheme
 from service.settings import Settings, get_settings
 
 
-def register_s3(settings: Settings | None = None) -> None:
-    """Teach fda_core to open s3:// URIs with these settings (endpoint, region, cache folder)."""
+def register_s3(settings: Settings | None = None, retry_seconds: float | None = None) -> None:
+    """Teach fda_core to open s3:// URIs with these settings (endpoint, region, cache folder); transient
+    S3 errors are retried for `retry_seconds` (default: the settings' window; submit-time checks: short)."""
     resolved = settings or get_settings()
+    window = resolved.transient_retry_seconds if retry_seconds is None else retry_seconds
     clients: list = []
 
     def open_s3(uri: str) -> CheckpointSource:
@@ -21,6 +23,8 @@ def register_s3(settings: Settings | None = None) -> None:
 
         if not clients:
             clients.append(make_s3_client(resolved.s3_endpoint_url, resolved.s3_region))
-        return S3Source(uri, clients[0], resolved.cache_dir, resolved.cache_max_bytes, resolved.limits.files_per_input)
+        return S3Source(
+            uri, clients[0], resolved.cache_dir, resolved.cache_max_bytes, resolved.limits.files_per_input, window
+        )
 
     register_scheme("s3", open_s3)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import random
 import secrets
 import socket
-import time
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +30,8 @@ from service.models import MergeJob, WebhookDelivery, WebhookEndpoint, utcnow
 
 EVENTS = ("merge_job.running", "merge_job.succeeded", "merge_job.failed", "merge_job.cancelled", "merge_job.cancelling")
 MAX_ATTEMPTS = 8
-TIMEOUT_SECONDS = 10.0
+TIMEOUT_SECONDS = 10.0  # each of connect, write, read
+DEADLINE_SECONDS = 15.0  # a whole delivery, however the receiver trickles its answer
 
 
 # --- endpoints -----------------------------------------------------------------------------------
@@ -113,60 +112,24 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + signature(secret, message_id, timestamp, body)  # the same code receivers verify with
 
 
-def due_deliveries(session: Session, limit: int = 50) -> list[WebhookDelivery]:
-    query = select(WebhookDelivery).where(
-        WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow()
-    )
-    return list(
-        session.scalars(query.order_by(WebhookDelivery.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
-    )
-
-
-def attempt_delivery(session: Session, delivery: WebhookDelivery, allow_loopback: bool) -> None:
-    """One POST; the outcome and the next attempt (exponential backoff with jitter) are recorded."""
-    endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id)
-    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    timestamp = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": delivery.id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(endpoint.secret, delivery.id, timestamp, body),
-    }
-    delivery.attempts += 1
-    try:
-        code = post(endpoint.url, body, headers, allow_loopback)
-        delivery.last_status_code, delivery.last_error = code, None
-        succeeded = 200 <= code < 300
-    except Exception as exc:  # refused address, DNS, TLS, timeout: this delivery's failure, nobody else's
-        delivery.last_status_code, delivery.last_error, succeeded = None, f"{type(exc).__name__}: {exc}"[:500], False
-    if succeeded:
-        delivery.status, delivery.delivered_at = "succeeded", utcnow()
-    elif delivery.attempts >= MAX_ATTEMPTS:
-        delivery.status = "failed"
-    else:
-        delivery.next_attempt_at = utcnow() + backoff(delivery.attempts)
-
-
 def backoff(attempts: int) -> timedelta:
     """5 s, 10 s, 20 s … capped at an hour, ±20 % jitter so endpoints coming back are not stampeded."""
     base = min(3600.0, 5.0 * 2 ** (attempts - 1))
     return timedelta(seconds=base * random.uniform(0.8, 1.2))
 
 
-def post(url: str, body: bytes, headers: dict[str, str], allow_loopback: bool) -> int:
+async def post(client, url: str, body: bytes, headers: dict[str, str], allow_loopback: bool) -> int:
     """POST to the checked address; returns the status code. Redirects are answers, not followed."""
-    import httpx
+    import asyncio
 
-    target = check_url(url, allow_loopback)
+    target = await asyncio.to_thread(check_url, url, allow_loopback)  # DNS: inside the caller's deadline
     parts = urlsplit(url)
     pinned = parts._replace(netloc=f"{_bracketed(target.address)}:{target.port}").geturl()
     extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:  # noqa: SIM117
-        with client.stream(
-            "POST", pinned, content=body, headers={**headers, "host": parts.netloc}, extensions=extensions
-        ) as response:
-            return response.status_code  # the body is never read: a receiver cannot make us download it
+    async with client.stream(
+        "POST", pinned, content=body, headers={**headers, "host": parts.netloc}, extensions=extensions
+    ) as response:
+        return response.status_code  # the body is never read: a receiver cannot make us download it
 
 
 class _Target:

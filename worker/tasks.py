@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from service.execute import execute_job
 from service.queue import MERGE_TASK, CeleryDispatcher
-from service.reaper import deliver_webhooks, fire_schedules, reap_and_requeue
+from service.reaper import fire_schedules, reap_and_requeue
 from service.settings import get_settings
+from service.webhook_sender import deliver_due
 from worker.app import app
 
 
-@app.task(name=MERGE_TASK)
+@app.task(name=MERGE_TASK, Request="worker.requests:MergeRequest")
 def merge(job_id: str) -> str:
     settings = get_settings()
     return execute_job(job_id, settings, dispatcher=CeleryDispatcher(settings.broker_url))
@@ -29,4 +30,4 @@ def schedules_tick() -> list[str]:
 
 @app.task(name="fdamerge.webhooks")
 def webhooks_tick() -> int:
-    return deliver_webhooks(get_settings())
+    return deliver_due(get_settings())

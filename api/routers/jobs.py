@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from api.deps import DispatcherDep, PreflightGateDep, PrincipalDep, SessionDep, SettingsDep
+from api.deps import DispatcherDep, PreflightGateDep, PrincipalDep, SessionDep, SettingsDep, StreamHubDep
 from api.openapi import responses
 from api.schemas import ArtifactPublic, JobEventPublic, JobStatus, MergeJobCreate, MergeJobPublic, Page
-from service.db import session_scope
+from api.streams import EventStreamResponse
 from service.dispatch import check_queue_quota, dispatch
 from service.errors import NotFound
-from service.job_queries import JobFilter, artifacts_of, job_status, list_events, list_jobs, metrics_of
-from service.jobs import TERMINAL, find_replay, get_job, request_cancel, retry_job, submit_job
+from service.job_queries import JobFilter, artifacts_of, list_events, list_jobs, metrics_of
+from service.jobs import find_replay, get_job, request_cancel, retry_job, submit_job
 from service.jobspec import JobSpec
 from service.preflight import preflight
 from service.storage import presigned_get
@@ -132,46 +129,31 @@ def retry_merge_job(
 @router.get(
     "/{job_id}/events",
     response_model=Page[JobEventPublic],
-    responses={**responses(401, 403, 404, 422), 200: {"content": {"text/event-stream": {}}}},
+    responses={**responses(401, 403, 404, 422, 429), 200: {"content": {"text/event-stream": {}}}},
 )
 def merge_job_events(
     job_id: str,
     principal: PrincipalDep,
     session: SessionDep,
-    settings: SettingsDep,
+    hub: StreamHubDep,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_EVENT_ID, description="The next_cursor of the previous page")
     ] = None,
     limit: Limit = None,
-    stream: bool = Query(False, description="server-sent events until the job ends"),
+    stream: bool = Query(
+        False, description="server-sent events until the job ends (keep-alive comments while it is quiet)"
+    ),
 ):
     principal.require("jobs:read")
     get_job(session, principal.tenant_id, job_id)
     if stream:
-        return StreamingResponse(_event_stream(settings.database_url, job_id, after), media_type="text/event-stream")
+        return EventStreamResponse(hub.events(job_id, after), hub.admit(principal.tenant_id))
     events, cursor = list_events(session, job_id, after, limit)
     return Page(
         data=[JobEventPublic.of(e) for e in events],
         has_more=cursor is not None,
         next_cursor=str(cursor) if cursor is not None else None,
     )
-
-
-def _event_stream(database_url: str, job_id: str, after: int | None, poll: float = 0.5) -> Iterator[str]:
-    """Sync on purpose (Starlette runs it in a thread); a short session per poll, none held between.
-    The status is read before the events, so the events that led to a terminal status are sent first."""
-    while True:
-        with session_scope(database_url) as session:
-            status = job_status(session, job_id)
-            events, _ = list_events(session, job_id, after, limit=100)
-        for event in events:
-            after = event.id
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {JobEventPublic.of(event).model_dump_json()}\n\n"
-        if not events and status in TERMINAL:
-            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-            return
-        if not events:
-            time.sleep(poll)
 
 
 @router.get("/{job_id}/artifacts", response_model=Page[ArtifactPublic], responses=responses(401, 403, 404, 422))

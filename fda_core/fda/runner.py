@@ -323,7 +323,7 @@ def _merge_start(
     """Eq. 6 from a merge θm: D = θm − θ0 with α = 1, and with task_directions each τ_i with β_i = 0."""
     merged = _init_merge(run, block, theta0, experts, tasks)
     directions = [{n: merged[n] - theta0[n] for n in theta0}]
-    if not run.settings.task_directions:
+    if not run.settings.trains_task_directions():
         return directions, [1.0]
     return directions + [{n: e[n] - theta0[n] for n in theta0} for e in experts], [1.0] + [0.0] * len(experts)
 

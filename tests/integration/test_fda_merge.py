@@ -221,7 +221,8 @@ def test_chained_adaptation_adds_the_previous_blocks_anchors_from_the_second_blo
 
 def test_task_directions_start_at_the_merge_and_then_correct_it_per_task(llama, tmp_path: Path) -> None:
     base, experts = llama
-    still = merge(fda_config(base, experts, init="tsv", task_directions=True, adaptation_epochs=0), tmp_path / "a")
+    start = {"init": "tsv", "task_directions": True, "coefficients": "elementwise", "adaptation_epochs": 0}
+    still = merge(fda_config(base, experts, **start), tmp_path / "a")
     merge({**fda_config(base, experts), "method": "tsv", "parameters": {}}, tmp_path / "tsv")
     merge(fda_config(base, experts, init="tsv", task_directions=True, coefficients="row"), tmp_path / "b")
     name = "model.layers.1.self_attn.q_proj.weight"
@@ -234,7 +235,9 @@ def test_task_directions_start_at_the_merge_and_then_correct_it_per_task(llama, 
 
 def test_targets_per_parameter_are_reported_per_block_and_overall(llama, tmp_path: Path) -> None:
     base, experts = llama
-    result = merge(fda_config(base, experts, init="ties", coefficients="tensor"), tmp_path / "out")
+    result = merge(
+        fda_config(base, experts, init="ties", coefficients="tensor", task_directions=False), tmp_path / "out"
+    )
     fda = result.metrics["fda"]
     block = fda["layers"][0]["adaptation"]
     assert block["targets"] == 2 * FAST["anchors"] * FAST["tokens"] * 32  # tasks × n × T × d

@@ -114,3 +114,22 @@ def test_construction_back_propagates_into_the_anchors_only() -> None:
         grads = similarity_gradients(block, theta0, experts, anchors, create_graph=True)
         alignment_loss(grads, taus, active).sum().backward()  # every leaf: θ0's views too
     assert ours < 0.9 * counted.get_total_flops()
+
+
+def test_the_default_refines_tsv_per_row_with_task_directions() -> None:
+    default = FdaParams()
+    assert (default.init, default.coefficients, default.trains_task_directions()) == ("tsv", "row", True)
+    assert default.outside_method() == ("tsv", {})  # the tensors outside the blocks from the same merge
+
+
+@pytest.mark.parametrize(
+    ("given", "directions"),
+    [
+        ({"init": "pretrained"}, False),  # Eq. 5: no merge to correct
+        ({"init": "task_arithmetic"}, False),  # TA's α are per task already
+        ({"init": "wudi"}, True),
+        ({"init": "wudi", "task_directions": False}, False),
+    ],
+)
+def test_task_directions_follow_the_init_unless_set(given, directions) -> None:
+    assert FdaParams(**given).trains_task_directions() is directions

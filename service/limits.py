@@ -27,7 +27,7 @@ class Limits(BaseSettings):
         ge=1,
         description="FDA: anchors × tokens × (construction_steps + adaptation_epochs); the thorough preset is 2.7M",
     )
-    fda_anchors: int = Field(4096, ge=1, description="FDA: anchors per (layer, task)")
+    fda_anchors: int = Field(8192, ge=1, description="FDA: anchors per (layer, task); the llm preset's 8192")
     fda_tokens: int = Field(4096, ge=1, description="FDA: tokens per anchor")
     optimizer_steps: int = Field(10_000, ge=1, description="Iterative methods' steps per tensor (wudi: steps)")
     queued_jobs_per_tenant: int = Field(100, ge=1, description="A tenant's queued jobs; more answer 429")

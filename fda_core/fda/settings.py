@@ -18,17 +18,27 @@ OUTSIDE_DEFAULT = "task_arithmetic"  # outside the blocks when the blocks start 
 DEFAULT_INIT = "tsv"
 DEFAULT_COEFFICIENTS: Granularity = "row"
 WITHOUT_TASK_DIRECTIONS = ("pretrained", "task_arithmetic")  # no merge θm to correct: TA's α are per task
-Preset = Literal["fast", "balanced", "thorough"]
-PRESETS: dict[str, dict[str, Any]] = {  # the budget: what a preset fixes unless a parameter says otherwise
+Preset = Literal["fast", "balanced", "thorough", "llm"]
+PRESETS: dict[str, dict[str, Any]] = {  # what a preset fixes unless a parameter says otherwise
     "fast": {"anchors": 32, "tokens": 8, "construction_steps": 150, "adaptation_epochs": 50},
     "balanced": {"anchors": 32, "tokens": 16, "construction_steps": 300, "adaptation_epochs": 100},
     "thorough": {"anchors": 64, "tokens": 32, "construction_steps": 1200, "adaptation_epochs": 100},
-}
+    # The paper's LLaMA-2-13B recipe (its Table 4 column, method doc §4): FFN-only blocks, 8192 anchors
+    # with no token axis (an FFN is position-wise), 200 construction steps, Eq. 6 on TA λ 0.5 with
+    # elementwise coefficients, batch 8192, 50 epochs, cosine.
+    "llm": {
+        "anchors": 8192, "tokens": 1, "construction_steps": 200, "adaptation_epochs": 50, "batch_size": 8192,
+        "ffn_only": True, "init": "task_arithmetic", "init_parameters": {"lambda": 0.5},
+        "coefficients": "elementwise",
+    },
+}  # fmt: skip
 DEFAULT_PRESET: Preset = "balanced"
 
 
 class FdaParams(Params):
-    preset: Preset = Field(DEFAULT_PRESET, description="the budget: anchors, tokens, steps, epochs (docs/fda.md)")
+    preset: Preset = Field(
+        DEFAULT_PRESET, description="the budget (anchors, tokens, steps, epochs), or llm: the paper's LLM recipe"
+    )
     init: str = Field(DEFAULT_INIT, description="pretrained (Eq. 5) or a parameter-space method to refine (Eq. 6)")
     init_parameters: dict[str, Any] = Field(default_factory=dict, description="parameters of the init method")
     outside: str | None = Field(
@@ -75,13 +85,16 @@ class FdaParams(Params):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        """The preset's budget fills every budget parameter the config does not set itself."""
+        """The preset fills every parameter it names that the config does not set itself."""
         if not isinstance(data, dict):
             return data
         preset = data.get("preset", DEFAULT_PRESET)
         if preset not in PRESETS:
             return data  # the field's own validation names the allowed values
-        return {**PRESETS[preset], **data}
+        fixed = dict(PRESETS[preset])
+        if "init" in data:  # the preset's init parameters belong to the preset's init
+            fixed.pop("init_parameters", None)
+        return {**fixed, **data}
 
     @model_validator(mode="after")
     def _check_combinations(self) -> FdaParams:

@@ -253,3 +253,40 @@ def test_sigma_auto_is_chosen_once_and_kept_by_the_anchor_cache(llama, tmp_path:
     again = merge(fda_config(base, experts, sigma="auto"), tmp_path / "b", anchor_cache=cache).metrics["fda"]
     assert again["sigma"] == first["sigma"]
     assert all(task["cached"] for layer in again["layers"] for task in layer["tasks"])
+
+
+def noisy_copy(base: Path, out: Path, seed: int) -> Path:
+    """A fine-tune stand-in: the base plus small noise on every weight, saved as transformers saves it."""
+    import transformers as tf
+
+    model = tf.LlamaForCausalLM.from_pretrained(base, local_files_only=True)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def test_the_llm_preset_merges_a_tied_decoder_ffn_only_and_keeps_it_tied(tmp_path: Path) -> None:
+    import transformers as tf
+
+    from tests.support.tiny_llama import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", tied=True)
+    experts = [noisy_copy(base, tmp_path / f"expert{i}", seed=i) for i in (1, 2)]
+    quick = {"preset": "llm", "anchors": 64, "construction_steps": 5, "adaptation_epochs": 2}
+    models = [{"model": str(e)} for e in experts]
+    config = {"method": "fda", "base_model": str(base), "models": models, "parameters": quick}
+    result = merge(config, tmp_path / "fda")
+    merge({**config, "method": "task_arithmetic", "parameters": {"lambda": 0.5}}, tmp_path / "ta")
+    fda, ta = load_tensors(tmp_path / "fda"), load_tensors(tmp_path / "ta")
+    assert "lm_head.weight" not in fda  # tied: the head is the embedding, written once
+    assert json.loads((tmp_path / "fda" / "config.json").read_text())["tie_word_embeddings"] is True
+    for name in ("model.layers.0.self_attn.v_proj.weight", "model.embed_tokens.weight"):
+        torch.testing.assert_close(fda[name], ta[name])  # outside the FFNs: TA λ 0.5, the recipe's start
+    assert not torch.allclose(fda["model.layers.1.mlp.gate_proj.weight"], ta["model.layers.1.mlp.gate_proj.weight"])
+    assert result.metrics["fda"]["layers"][0]["adaptation"]["targets"] == 2 * 64 * 1 * 32  # no token axis
+    model = tf.LlamaForCausalLM.from_pretrained(tmp_path / "fda", local_files_only=True)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert model.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=3, do_sample=False).shape == (1, 6)

@@ -133,3 +133,17 @@ def test_the_default_refines_tsv_per_row_with_task_directions() -> None:
 )
 def test_task_directions_follow_the_init_unless_set(given, directions) -> None:
     assert FdaParams(**given).trains_task_directions() is directions
+
+
+def test_the_llm_preset_is_the_papers_llama_recipe() -> None:
+    llm = FdaParams(preset="llm")
+    assert (llm.ffn_only, llm.anchors, llm.tokens, llm.construction_steps) == (True, 8192, 1, 200)
+    assert (llm.init, llm.init_parameters, llm.coefficients, llm.trains_task_directions()) == (
+        "task_arithmetic", {"lambda": 0.5}, "elementwise", False,
+    )  # fmt: skip
+    assert (llm.adaptation_epochs, llm.batch_size, llm.adaptation().lr) == (50, 8192, 1e-2)
+
+
+def test_a_preset_init_parameters_do_not_follow_a_different_init() -> None:
+    assert FdaParams(preset="llm", init="wudi").init_parameters == {}
+    assert FdaParams(preset="llm", anchors=64).anchors == 64  # what the config sets wins

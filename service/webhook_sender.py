@@ -104,7 +104,8 @@ async def send_all(claimed: list[Claimed], allow_loopback: bool) -> list[Outcome
         return list(await asyncio.gather(*(one(delivery) for delivery in claimed)))
 
 
-async def send_one(client, delivery: Claimed, allow_loopback: bool, deadline: float = DEADLINE_SECONDS) -> Outcome:
+async def send_one(client, delivery: Claimed, allow_loopback: bool, deadline: float | None = None) -> Outcome:
+    deadline = DEADLINE_SECONDS if deadline is None else deadline  # read at call time (tests shorten it)
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",

@@ -62,3 +62,26 @@ def test_log_lines_are_json_with_job_tenant_and_attempt() -> None:
         line = json.loads(JsonFormatter().format(record))
     assert (line["message"], line["job_id"], line["tenant_id"], line["attempt"]) == ("claimed by w1", "mj_1", "tn_a", 2)
     assert "job_id" not in json.loads(JsonFormatter().format(record))  # outside a job, no stale fields
+
+
+def test_a_scrape_reads_the_counters_never_every_finished_job(stack: Stack) -> None:
+    from sqlalchemy import Engine, event
+
+    ids = [stack.submit().json()["id"] for _ in range(3)]
+    with session_scope(stack.url) as session:
+        for job_id in ids:
+            claim_job(session, job_id, worker_id="w", lease_seconds=60)
+            finish_job(session, job_id, worker_id="w", result={"seconds": {"merge": 1.0}}, artifacts=[], metrics={})
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        text = stack.client.get("/metrics", headers=stack.headers(stack.operator)).text
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert sample(text, "fdamerge_phase_seconds_total", phase="merge") == 3.0
+    reads_jobs = [s for s in statements if "merge_jobs" in s or "artifacts" in s]
+    assert reads_jobs and all("count(" in s and "GROUP BY merge_jobs.status" in s for s in reads_jobs), reads_jobs

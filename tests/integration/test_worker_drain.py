@@ -1,0 +1,80 @@
+"""`fdamerge worker --drain` against a real merge worker (Celery on a real Redis): a drained worker
+takes no new job and stays up; `--resume` makes it take jobs again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from service.migrate import upgrade
+from service.queue import MERGE_QUEUE, CeleryDispatcher, waiting_job_ids
+from tests.support.cli import REPO
+
+START_DEADLINE = 120  # s: a Celery worker importing the service on 2 loaded cores
+
+
+@pytest.fixture
+def worker(redis_server, tmp_path: Path) -> Iterator[dict[str, str]]:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    redis.Redis.from_url(redis_server.url).delete(MERGE_QUEUE)
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "FDA_DATABASE_URL": url,
+        "FDA_BROKER_URL": redis_server.url, "FDA_HEALTH_DIR": str(tmp_path / "health"),
+        "FDA_STORAGE_URL": f"file://{tmp_path / 'storage'}", "FDA_CACHE_DIR": str(tmp_path / "cache"),
+    }  # fmt: skip
+    log = tmp_path / "worker.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=env, stdout=open(log, "w"),
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while "ready." not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield env
+        assert process.poll() is None, "a drained worker stays up (a supervisor would restart it into work)"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def control(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker", *flags], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+def taken(broker_url: str, job_id: str, within: float) -> bool:
+    """Whether the worker took the job's message off the queue within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if job_id not in (waiting_job_ids(broker_url) or set()):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_drained_worker_takes_no_new_job_until_it_is_resumed(worker: dict[str, str]) -> None:
+    broker = worker["FDA_BROKER_URL"]
+    drained = control(worker, "--drain")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "draining merge@" in drained.stdout and "drained: no job is running" in drained.stdout
+    CeleryDispatcher(broker).enqueue("mj_after_drain")  # no such job: once taken, its claim just fails
+    assert waiting_job_ids(broker) == {"mj_after_drain"}
+    assert not taken(broker, "mj_after_drain", within=4.0)  # the drained worker leaves it on the queue
+    resumed = control(worker, "--resume")
+    assert resumed.returncode == 0 and "resumed: merge@" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert taken(broker, "mj_after_drain", within=20.0)

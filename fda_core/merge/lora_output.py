@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fda_core.checkpoints.writer import OutputTensor
+from fda_core.linalg import thin_svd
 from fda_core.merge.plan import MergePlan, TensorTask
 
 ADAPTER_PREFIX = "base_model.model."
@@ -55,7 +56,7 @@ class LoraExtraction:
 
     def factors(self, task: TensorTask, merged: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tau = merged.double() - base.double()  # (out, in)
-        u, s, vh = torch.linalg.svd(tau, full_matrices=False)
+        u, s, vh = thin_svd(tau)
         r = min(self.rank, *tau.shape)
         b, a = u[:, :r] * s[:r], vh[:r]  # (out, r), (r, in)
         self.kept += float((s[:r] ** 2).sum())

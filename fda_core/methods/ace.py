@@ -25,6 +25,7 @@ import math
 import torch
 from pydantic import Field
 
+from fda_core.linalg import thin_svd
 from fda_core.merge.settings import layer_index
 from fda_core.methods.base import MergeMethod, Params, TensorInputs
 from fda_core.methods.registry import register
@@ -91,7 +92,7 @@ def solve_right(numerator: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 def spectral_lift(matrix: torch.Tensor, k_frac: float) -> torch.Tensor:
     """σ̄_k U_k V_kᵀ: the top k = ⌊k_frac · r⌋ singular directions of `matrix` at their mean singular value."""
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    u, s, vh = thin_svd(matrix)
     k = math.floor(k_frac * len(s))
     if k == 0:
         return torch.zeros_like(matrix)

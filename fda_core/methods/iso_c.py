@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from fda_core.linalg import thin_svd
 from fda_core.methods.base import MergeMethod, Params, TensorInputs
 from fda_core.methods.registry import register
 
@@ -17,7 +18,7 @@ class IsoCParams(Params):
 
 
 def isotropic(delta: torch.Tensor) -> torch.Tensor:
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    u, s, vh = thin_svd(delta)
     return s.mean() * (u @ vh)
 
 

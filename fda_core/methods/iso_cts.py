@@ -16,6 +16,7 @@ import math
 import torch
 from pydantic import Field
 
+from fda_core.linalg import thin_svd
 from fda_core.methods.base import MergeMethod, Params, TensorInputs
 from fda_core.methods.registry import register
 from fda_core.methods.tsv import nearest_orthogonal
@@ -34,13 +35,13 @@ def subspace_sizes(rank: int, tasks: int, common_fraction: float) -> tuple[int, 
 
 
 def iso_cts_delta(taus: list[torch.Tensor], common_fraction: float) -> torch.Tensor:
-    u, s, vh = torch.linalg.svd(sum(taus), full_matrices=False)  # Σ τ_t, (m, r), (r,), (r, n)
+    u, s, vh = thin_svd(sum(taus[1:], taus[0]))  # Σ τ_t, (m, r), (r,), (r, n)
     k, per_task = subspace_sizes(len(s), len(taus), common_fraction)
     lefts, values, rights = [u[:, :k]], [s[:k]], [vh[:k]]
     common = u[:, :k]
     for tau in taus if per_task else []:
         specific = tau - common @ (common.T @ tau)  # (I − U_kU_kᵀ) τ_t
-        ut, st, vt = torch.linalg.svd(specific, full_matrices=False)
+        ut, st, vt = thin_svd(specific)
         lefts.append(ut[:, :per_task])
         values.append(st[:per_task])
         rights.append(vt[:per_task])

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
+from fda_core.linalg import thin_svd
 from fda_core.merge.settings import layer_index
 from fda_core.methods.base import MergeMethod, Params, TensorInputs
 from fda_core.methods.registry import get_method, register
@@ -40,7 +41,7 @@ class SvcParams(Params):
 
 def calibrate(merged: torch.Tensor, taus: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """The merged update (m, n) with each singular value σ_r divided by η_r."""
-    u, s, vh = torch.linalg.svd(merged, full_matrices=False)  # (m, r), (r,), (r, n)
+    u, s, vh = thin_svd(merged)  # (m, r), (r,), (r, n)
     responses = torch.stack([u.T @ tau for tau in taus])  # a_t^r = u_rᵀτ_t, (T, r, n)
     shares = s[None, :] * (responses * vh[None]).sum(dim=2) / responses.pow(2).sum(dim=2).clamp_min(1e-12)
     eta = shares.clamp_min(alpha).mean(dim=0)  # (r,)

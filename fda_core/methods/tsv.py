@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fda_core.linalg import thin_svd
 from fda_core.methods.base import MergeMethod, Params, TensorInputs
 from fda_core.methods.registry import register
 
@@ -18,7 +19,7 @@ class TsvParams(Params):
 
 
 def nearest_orthogonal(matrix: torch.Tensor) -> torch.Tensor:
-    p, _, qh = torch.linalg.svd(matrix, full_matrices=False)
+    p, _, qh = thin_svd(matrix)
     return p @ qh
 
 
@@ -27,7 +28,7 @@ def tsv_delta(taus: list[torch.Tensor]) -> torch.Tensor:
     k = max(1, rank // len(taus))
     us, ss, vs = [], [], []
     for tau in taus:
-        u, s, vh = torch.linalg.svd(tau, full_matrices=False)  # (m, r), (r,), (r, n)
+        u, s, vh = thin_svd(tau)  # (m, r), (r,), (r, n)
         us.append(u[:, :k])
         ss.append(s[:k])
         vs.append(vh[:k].T)

@@ -16,11 +16,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db import session_scope
-from service.jobs import ACTIVE
+from service.jobs import ACTIVE, claim_sends, unmark_sent
 from service.limits import QuotaExceeded
 from service.models import MergeJob
 from service.queue import Dispatcher
-from service.reaper import send
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,18 +50,31 @@ def waiting_tenants(session: Session) -> list[str]:
 
 def dispatch(settings: Settings, dispatcher: Dispatcher, tenant_id: str) -> list[str]:
     """Send what fits in the tenant's window (after the commit that queued it); returns the ids sent.
-    A broker outage leaves them waiting: the reaper's next tick sends them."""
+
+    The jobs are first claimed for sending (compare-and-set on `enqueued_at`, one short transaction),
+    then enqueued: concurrent submits of one tenant each send only the jobs they won, never the same
+    one again. A broker outage puts the unsent ones back to waiting (the reaper's next tick sends
+    them); a crash between claim and enqueue leaves a job marked sent with no message, which the
+    reaper re-sends after `unclaimed_after_seconds` (service.reaper.resend_unclaimed)."""
     with session_scope(settings.database_url) as session:
         due = next_to_send(session, tenant_id, settings.limits.running_jobs_per_tenant)
-    sent = []
-    for job_id in due:
+        claimed = claim_sends(session, due)
+    for index, job_id in enumerate(claimed):
         try:
-            send(settings, dispatcher, job_id)
-            sent.append(job_id)
+            dispatcher.enqueue(job_id)
         except Exception:
             log.exception("job %s accepted but not yet enqueued; the reaper will retry", job_id)
-            break
-    return sent
+            _put_back(settings, claimed[index:])
+            return claimed[:index]
+    return claimed
+
+
+def _put_back(settings: Settings, job_ids: list[str]) -> None:
+    try:
+        with session_scope(settings.database_url) as session:
+            unmark_sent(session, job_ids)
+    except Exception:  # the database is down too: the reaper re-sends them as unclaimed
+        log.exception("jobs %s: could not mark them unsent; the reaper re-sends them", ", ".join(job_ids))
 
 
 def dispatch_all(settings: Settings, dispatcher: Dispatcher) -> list[str]:

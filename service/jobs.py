@@ -97,6 +97,29 @@ def mark_enqueued(session: Session, job_id: str) -> None:
     session.commit()
 
 
+def claim_sends(session: Session, job_ids: list[str]) -> list[str]:
+    """Mark queued, unsent jobs as sent, by compare-and-set (in the caller's transaction): of several
+    dispatchers that picked the same jobs, each job is won, and so sent, by one. Returns the won ids in
+    the order given."""
+    if not job_ids:
+        return []
+    won = session.scalars(
+        update(MergeJob)
+        .where(MergeJob.id.in_(job_ids), MergeJob.status == "queued", MergeJob.enqueued_at.is_(None))
+        .values(enqueued_at=db_now())
+        .returning(MergeJob.id)
+    )
+    ids = set(won)
+    return [job_id for job_id in job_ids if job_id in ids]
+
+
+def unmark_sent(session: Session, job_ids: list[str]) -> None:
+    """Claimed sends that did not reach the broker: waiting again (the next dispatch or reaper tick sends them)."""
+    session.execute(
+        update(MergeJob).where(MergeJob.id.in_(job_ids), MergeJob.status == "queued").values(enqueued_at=None)
+    )
+
+
 def get_job(session: Session, tenant_id: str, job_id: str) -> MergeJob:
     """The tenant's job; another tenant's job is NotFound, never forbidden."""
     job = session.get(MergeJob, job_id)

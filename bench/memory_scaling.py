@@ -33,6 +33,9 @@ METHODS = {
     "model_stock": {},
     "tsv": {},
     "iso_c": {},
+    "iso_cts": {},
+    "ace": {},
+    "svc": {},
     "wudi": {"steps": 3},
 }
 

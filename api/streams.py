@@ -134,10 +134,12 @@ class StreamHub:
                     return
                 watch.after = cursor
                 poller.add(watch)
-                try:
-                    await asyncio.wait_for(watch.woken.wait(), self.keepalive)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
+                while True:  # quiet: only the poller's wake-up reads the database again, never a keep-alive
+                    try:
+                        await asyncio.wait_for(watch.woken.wait(), self.keepalive)
+                        break
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
         finally:
             poller.watches.discard(watch)
 

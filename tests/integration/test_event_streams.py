@@ -138,3 +138,25 @@ def test_streams_past_the_tenants_cap_answer_429_until_one_disconnects(server: S
     finally:
         for connection, _ in streams:
             connection.close()
+
+
+def test_quiet_streams_cost_the_database_one_poll_per_tick_not_a_read_per_keep_alive(server: Server) -> None:
+    from sqlalchemy import Engine, event
+
+    job_id = server.submit()
+    streams = [server.open_stream(job_id) for _ in range(20)]
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    try:
+        time.sleep(0.5)  # every stream has read its job once and waits
+        event.listen(Engine, "before_cursor_execute", seen)
+        time.sleep(1.5)  # five keep-alives per stream (0.3 s), three poller ticks (0.5 s)
+        event.remove(Engine, "before_cursor_execute", seen)
+        assert b": keep-alive" in streams[0][0].recv(65536)
+    finally:
+        for connection, _ in streams:
+            connection.close()
+    assert len(statements) <= 12, len(statements)  # was: 2 reads per stream per keep-alive (~200 here)

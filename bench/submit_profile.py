@@ -1,0 +1,133 @@
+"""Where one job submission spends its CPU, stage by stage, on real PostgreSQL and Redis.
+
+The API app runs in this process (Starlette's TestClient: the same middleware, routing, validation
+and handler thread as under uvicorn, without the socket); submits are sent one at a time, so each
+stage's time is one submit's. Each stage is a service function the handler calls, wrapped to add up
+its thread CPU and wall time (nested stages are inclusive: `dispatch` contains `send`, which contains
+`enqueue`). The process's and PostgreSQL's and Redis's CPU per submit come from /proc.
+
+Run:  .venv/bin/python bench/submit_profile.py [--submits 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.api_load import BODY, cpu_seconds  # noqa: E402
+from service.auth import create_api_key, ensure_tenant  # noqa: E402
+from service.db import session_scope  # noqa: E402
+from service.migrate import upgrade  # noqa: E402
+from tests.support.services import start_postgres, start_redis  # noqa: E402
+
+SPENT: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # stage: [cpu s, wall s, calls]
+
+
+def timed(name: str, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent = SPENT[name]
+            spent[0] += time.thread_time() - cpu
+            spent[1] += time.perf_counter() - wall
+            spent[2] += 1
+
+    return wrapper
+
+
+def instrument() -> None:
+    import api.deps
+    import api.routers.jobs as route
+    import service.dispatch
+    from service.queue import CeleryDispatcher
+
+    api.deps.authenticate = timed("authenticate (key lookup, sha256, tenant)", api.deps.authenticate)
+    for name in ("policy_of", "check_submission", "find_replay", "check_queue_quota", "submit_job", "dispatch"):
+        setattr(route, name, timed(name, getattr(route, name)))
+    service.dispatch.next_to_send = timed("  dispatch: next_to_send", service.dispatch.next_to_send)
+    service.dispatch.claim_sends = timed("  dispatch: claim_sends (compare-and-set)", service.dispatch.claim_sends)
+    CeleryDispatcher.enqueue = timed("  dispatch: enqueue (Celery send_task to Redis)", CeleryDispatcher.enqueue)
+    route.MergeJobPublic.of = timed("MergeJobPublic.of", route.MergeJobPublic.of)  # type: ignore[method-assign]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--submits", type=int, default=300)
+    args = parser.parse_args()
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.schemas import MergeJobCreate
+    from service.limits import Limits
+    from service.queue import CeleryDispatcher
+    from service.settings import Settings
+
+    directory = Path(tempfile.mkdtemp(prefix="fda-profile-"))
+    directory.chmod(0o755)  # the postgres user reaches its data folder inside
+    postgres, redis_server = start_postgres(directory / "pg"), start_redis(directory)
+    try:
+        database = postgres.create_database("profile")
+        upgrade(database)
+        with session_scope(database) as session:
+            key = create_api_key(session, ensure_tenant(session, "acme", ["s3://models/acme"]))
+        limits = Limits(queued_jobs_per_tenant=10**8, running_jobs_per_tenant=10**8)
+        settings = Settings(database_url=database, broker_url=redis_server.url, preflight=False, limits=limits)
+        instrument()
+        client = TestClient(create_app(settings, CeleryDispatcher(redis_server.url)))
+        headers = {"Authorization": f"Bearer {key}"}
+
+        def submit() -> None:
+            response = client.post(
+                "/v1/merge-jobs", json=BODY, headers={**headers, "Idempotency-Key": uuid.uuid4().hex}
+            )
+            assert response.status_code == 202, response.text
+
+        for _ in range(30):  # warm: imports, connection pools, Celery's producer
+            submit()
+        SPENT.clear()
+        postmaster = int((directory / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        redis_pid = int(redis_server.pidfile.read_text().strip())
+        before = (time.process_time(), cpu_seconds(postmaster), cpu_seconds(redis_pid, False), time.perf_counter())
+        for _ in range(args.submits):
+            submit()
+        after = (time.process_time(), cpu_seconds(postmaster), cpu_seconds(redis_pid, False), time.perf_counter())
+        started = time.perf_counter()
+        for _ in range(args.submits):
+            MergeJobCreate.model_validate(BODY)
+        validation = (time.perf_counter() - started) / args.submits
+        report(args.submits, before, after, validation)
+    finally:
+        redis_server.stop()
+        postgres.stop()
+
+
+def report(submits: int, before, after, validation: float) -> None:
+    process, postgres, redis, wall = (b - a for a, b in zip(before, after))
+    print(f"\ncommand: python bench/submit_profile.py --submits {submits}")
+    print("| stage (handler thread; nested stages inclusive) | calls per submit | CPU ms | wall ms |")
+    print("|---|---|---|---|")
+    print(f"| request body validation (MergeJobCreate, measured apart) | 1 | {validation * 1e3:.2f} | |")
+    for name, (cpu, spent_wall, calls) in SPENT.items():
+        print(f"| {name} | {calls / submits:g} | {cpu * 1e3 / submits:.2f} | {spent_wall * 1e3 / submits:.2f} |")
+    print("\n| per submit | this process (client + API) | PostgreSQL | Redis | wall |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| ms | {process * 1e3 / submits:.2f} | {postgres * 1e3 / submits:.2f} | {redis * 1e3 / submits:.2f} "
+        f"| {wall * 1e3 / submits:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

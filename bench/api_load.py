@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -205,9 +206,14 @@ def main() -> None:
     finally:
         if api is not None:
             api.terminate()
-            api.wait(timeout=30)
+            try:
+                api.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                api.kill()
+                api.wait()
         redis_server.stop()
         postgres.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def report(args, latencies, codes, accepted, elapsed, in_database: int, enqueued: int, probes, used) -> None:

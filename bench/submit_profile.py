@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shutil
 import sys
 import tempfile
 import time
@@ -111,6 +112,7 @@ def main() -> None:
     finally:
         redis_server.stop()
         postgres.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def report(submits: int, before, after, validation: float) -> None:

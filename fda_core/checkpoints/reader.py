@@ -72,8 +72,25 @@ class TensorReader:
         self._fds.clear()
 
 
+# Per float width: the integer type of the same size, and the smallest |bits| that is ±inf or NaN (all
+# exponent bits set). Comparing bits is exact and 5–7× faster on CPU than torch.isfinite(t).all(),
+# which took 37 s of an 82 s task-arithmetic merge of three 1.1B bf16 checkpoints (bench/param_merge.py).
+_NON_FINITE_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
+    torch.float16: (torch.int16, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7F80),
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+}
+
+
 def all_finite(tensor: torch.Tensor) -> bool:
     """No NaN and no ±inf (FP8 is widened first: isfinite has no FP8 kernels)."""
     if tensor.dtype.itemsize == 1 and tensor.is_floating_point():
         tensor = tensor.to(torch.float16)
-    return bool(torch.isfinite(tensor).all())
+    if tensor.numel() == 0:
+        return True
+    if tensor.dtype not in _NON_FINITE_BITS:
+        return bool(torch.isfinite(tensor).all())
+    integer, smallest_non_finite = _NON_FINITE_BITS[tensor.dtype]
+    magnitude = tensor.view(integer) & ~torch.iinfo(integer).min  # the sign bit cleared: |x| as bits
+    return bool(magnitude.max() < smallest_non_finite)

@@ -42,7 +42,7 @@ def worker(redis_server, tmp_path: Path) -> Iterator[dict[str, str]]:
         while "ready." not in log.read_text():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
-        yield env
+        yield {**env, "pid": str(process.pid)}
         assert process.poll() is None, "a drained worker stays up (a supervisor would restart it into work)"
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -78,3 +78,33 @@ def test_a_drained_worker_takes_no_new_job_until_it_is_resumed(worker: dict[str,
     resumed = control(worker, "--resume")
     assert resumed.returncode == 0 and "resumed: merge@" in resumed.stdout, resumed.stdout + resumed.stderr
     assert taken(broker, "mj_after_drain", within=20.0)
+
+
+def test_messages_of_cancelled_jobs_are_dropped_without_a_job_process(worker: dict[str, str]) -> None:
+    from service.db import session_scope
+    from service.jobs import request_cancel
+    from service.models import Tenant
+    from tests.integration.test_job_lifecycle import submit
+
+    url, broker = worker["FDA_DATABASE_URL"], worker["FDA_BROKER_URL"]
+    with session_scope(url) as session:
+        session.add(Tenant(id="tn_a", name="a", allowed_prefixes=["s3://b"]))
+    ids = [submit(url) for _ in range(6)]
+    with session_scope(url) as session:
+        for job_id in ids:
+            request_cancel(session, "tn_a", job_id)  # queued → cancelled at once; their messages stay queued
+    pool = pool_processes(worker["pid"])
+    assert len(pool) == 1
+    for job_id in ids:
+        CeleryDispatcher(broker).enqueue(job_id)
+    deadline = time.monotonic() + 30
+    while waiting_job_ids(broker):
+        assert time.monotonic() < deadline, "the worker did not take the messages"
+        time.sleep(0.2)
+    time.sleep(2.0)
+    # one job per pool process (--max-tasks-per-child 1): a message run there would have replaced it
+    assert pool_processes(worker["pid"]) == pool
+
+
+def pool_processes(pid: str) -> list[int]:
+    return sorted(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())

@@ -426,10 +426,12 @@ class _Attempt:
     def _record_failure(self, exc: BaseException) -> str:
         if isinstance(exc, LeaseLost) or self.beat.lost.is_set():
             return "lease_lost"  # another worker owns the job now (or may); this attempt's files are gone
-        if isinstance(exc, MergeCancelled) or self.beat.cancel.is_set():
+        if self.beat.cancel.is_set():
             return self._end("cancelled")
-        if shutdown.release.is_set():
+        if shutdown.release.is_set():  # before MergeCancelled: a shutdown stops the merge the same way
             return self._hand_back("the worker is shutting down", counts=False)
+        if isinstance(exc, MergeCancelled):
+            return self._end("cancelled")
         if not isinstance(exc, Exception):
             raise exc  # KeyboardInterrupt / SystemExit: the worker is going away; the reaper hands the job on
         if isinstance(exc, InfrastructureError) or is_transient(exc):

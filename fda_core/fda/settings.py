@@ -89,7 +89,7 @@ class FdaParams(Params):
         if not isinstance(data, dict):
             return data
         preset = data.get("preset", DEFAULT_PRESET)
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             return data  # the field's own validation names the allowed values
         fixed = dict(PRESETS[preset])
         if "init" in data:  # the preset's init parameters belong to the preset's init

@@ -185,3 +185,10 @@ def test_one_tenants_backlog_does_not_hold_another_tenants_job_behind_it(tmp_pat
     from service.dispatch import dispatch_all
 
     assert dispatch_all(service.settings, service.dispatcher) == []  # the flood waits for its own jobs to end
+
+
+@pytest.mark.parametrize("preset", [["llm"], {"name": "llm"}, None])
+def test_a_preset_that_is_not_a_name_answers_422_naming_it(service: Service, llama, preset) -> None:
+    base, experts = llama
+    problem = assert_problem(service.submit(fda_body(base, experts, preset=preset)), 422)  # a list was a 500
+    assert problem["param"] == "parameters.preset"

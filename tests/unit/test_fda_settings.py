@@ -82,6 +82,8 @@ def test_a_preset_fixes_the_budget_and_explicit_parameters_win() -> None:
         ({"task_directions": True, "init": "task_arithmetic"}, "task_directions"),
         ({"sigma": 0}, "sigma"),
         ({"preset": "quick"}, "preset"),
+        ({"preset": ["llm"]}, "preset"),  # not hashable: once a TypeError, a 500 in the service
+        ({"preset": {"name": "llm"}}, "preset"),
     ],
 )
 def test_settings_that_cannot_work_together_are_refused(settings, message) -> None:

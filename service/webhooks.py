@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fdamerge_client.webhooks import signature
+from service.clock import db_now
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
 from service.limits import LimitExceeded
@@ -95,7 +96,11 @@ def record_event(session: Session, job: MergeJob, status: str) -> None:
         if endpoint.events and event not in endpoint.events:
             continue
         payload = {"type": event, "timestamp": utcnow().isoformat(), "data": _job_summary(job, status)}
-        session.add(WebhookDelivery(id=new_id("msg"), endpoint_id=endpoint.id, event=event, payload=payload))
+        session.add(  # due by the database's clock: the writer's may run ahead (service.clock)
+            WebhookDelivery(
+                id=new_id("msg"), endpoint_id=endpoint.id, event=event, payload=payload, next_attempt_at=db_now()
+            )
+        )
 
 
 def _job_summary(job: MergeJob, status: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.clock import database_time
 from service.dispatch import check_queue_quota
 from service.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from service.ids import new_id
@@ -80,7 +81,7 @@ def create_schedule(session: Session, tenant_id: str, spec: ScheduleSpec, max_sc
     schedule = Schedule(
         id=new_id("sch"), tenant_id=tenant_id, name=spec.name, cron=spec.cron, timezone=spec.timezone,
         template=spec.template.stored(), overlap=spec.overlap, paused=spec.paused,
-        next_fire_at=next_fire(spec.cron, spec.timezone, utcnow()),
+        next_fire_at=next_fire(spec.cron, spec.timezone, database_time(session)),
     )  # fmt: skip
     session.add(schedule)
     try:
@@ -108,7 +109,7 @@ def update_schedule(session: Session, tenant_id: str, schedule_id: str, **change
     for field, value in changes.items():
         setattr(schedule, field, value.stored() if isinstance(value, JobSpec) else value)
     check_timing(schedule.cron, schedule.timezone)
-    schedule.next_fire_at = next_fire(schedule.cron, schedule.timezone, utcnow())
+    schedule.next_fire_at = next_fire(schedule.cron, schedule.timezone, database_time(session))
     session.commit()
     return schedule
 
@@ -137,7 +138,7 @@ def trigger(session: Session, tenant_id: str, schedule_id: str, settings: Settin
 
 def tick(session: Session, settings: Settings, now: datetime | None = None) -> list[str]:
     """Jobs for every due schedule (committed); returns their ids, to enqueue after this commit."""
-    now = now or utcnow()
+    now = now or database_time(session)  # the database's clock: the beat's own may run ahead (service.clock)
     due = (
         select(Schedule)
         .where(Schedule.paused.is_(False), Schedule.next_fire_at <= now)

@@ -30,3 +30,20 @@ def test_an_event_recorded_by_a_worker_whose_clock_is_fast_is_due_at_once(databa
     monkeypatch.undo()  # the sender's machine keeps time
     claimed = claim_due(database_url, 10)
     assert [c.id for c in claimed] != [], "the delivery waited for the worker's clock"  # was: due in 5 minutes
+
+
+def test_a_scheduler_whose_clock_is_fast_fires_nothing_before_its_time(database_url: str, monkeypatch) -> None:
+    from sqlalchemy import update
+
+    from service.models import Schedule
+    from service.schedules import tick
+    from tests.integration.test_schedules import SETTINGS, jobs_of, make
+
+    schedule_id = make(database_url)
+    with session_scope(database_url) as session:  # due in two minutes by the database's clock
+        soon = datetime.now(UTC) + timedelta(minutes=2)
+        session.execute(update(Schedule).where(Schedule.id == schedule_id).values(next_fire_at=soon))
+    monkeypatch.setattr(models, "datetime", _FiveMinutesFast)  # the beat's machine, five minutes fast
+    with session_scope(database_url) as session:
+        assert tick(session, SETTINGS) == []  # was: fired three minutes early
+    assert jobs_of(database_url, schedule_id) == []

@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from fdamerge_client import Client
@@ -51,51 +53,69 @@ def start_up(workdir: Path, port: int, allow: Sequence[Path] = ()) -> tuple[subp
     raise AssertionError(f"fdamerge up did not come up:\n{(workdir / 'up.log').read_text()[-3000:]}")
 
 
-def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(llama, tmp_path: Path) -> None:
-    base, experts = llama
-    port = free_port()
-    process, key = start_up(tmp_path, port, allow=[base.parent])
+@dataclass
+class Up:
+    workdir: Path  # its var/ (database, storage) and up.log
+    port: int
+    key: str
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def up(llama, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """One `fdamerge up` for this module's tests (starting it is most of each test's time): none of
+    them needs a fresh one — each reads only its own jobs and schedules, and the supervisor replaces
+    the worker the restart test kills."""
+    base, _ = llama
+    workdir, port = tmp_path_factory.mktemp("up"), free_port()
+    process, key = start_up(workdir, port, allow=[base.parent])
     try:
-        config = tmp_path / "merge.yaml"
-        config.write_text(yaml.safe_dump({
-            "method": "fda", "base_model": str(base), "models": [{"model": str(e)} for e in experts],
-            "parameters": {"anchors": 4, "construction_steps": 5, "adaptation_epochs": 2},
-        }))  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO), "FDA_API_KEY": key}
-        submitted = subprocess.run(
-            [sys.executable, "-m", "cli.main", "submit", str(config), "--wait", "--server", f"http://127.0.0.1:{port}"],
-            capture_output=True, text=True, env=env, timeout=300,
-        )  # fmt: skip
-        assert submitted.returncode == 0, submitted.stderr + (tmp_path / "up.log").read_text()[-3000:]
-        job = yaml.safe_load(submitted.stdout)
-        assert job["status"] == "succeeded" and job["attempt"] == 1
-        load_with_transformers("llama", Path(job["result"]["output"]))
-        assert Path(job["result"]["output"]).is_relative_to(tmp_path / "var" / "storage")
-        auth = {"Authorization": f"Bearer {key}"}
-        listed = httpx.get(f"http://127.0.0.1:{port}/v1/merge-jobs/{job['id']}/artifacts", headers=auth).json()
-        weights = next(a for a in listed["data"] if a["path"] == "model.safetensors")
-        content = httpx.get(f"http://127.0.0.1:{port}{weights['download']}", headers=auth).content
-        assert hashlib.sha256(content).hexdigest() == weights["sha256"] and len(content) == weights["size"]
-        with Client(f"http://127.0.0.1:{port}", key) as client:  # the Python client streams and checks it too
-            artifact = next(a for a in client.artifacts(job["id"]) if a.path == "model.safetensors")
-            assert client.download(artifact, tmp_path / "dl" / "model.safetensors").read_bytes() == content
-        server = ["--server", f"http://127.0.0.1:{port}"]
-        made = subprocess.run(
-            [sys.executable, "-m", "cli.main", "schedules", "create", "nightly", "0 2 * * *", str(config), *server],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
-        assert made.returncode == 0, made.stderr
-        schedule_id = yaml.safe_load(made.stdout)["id"]
-        fired = subprocess.run(
-            [sys.executable, "-m", "cli.main", "schedules", "trigger", schedule_id, *server],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
-        assert fired.returncode == 0, fired.stderr
-        with Client(f"http://127.0.0.1:{port}", key) as client:
-            run = client.wait(yaml.safe_load(fired.stdout)["id"], timeout=240, poll=0.5)
-            assert run.status == "succeeded" and run.metadata == {"schedule": "nightly"}
+        yield Up(workdir, port, key, process)
     finally:
         stop_group(process)
+
+
+def test_fdamerge_up_then_submit_wait_merges_local_checkpoints(up: Up, llama, tmp_path: Path) -> None:
+    base, experts = llama
+    port, key = up.port, up.key
+    config = tmp_path / "merge.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": "fda", "base_model": str(base), "models": [{"model": str(e)} for e in experts],
+        "parameters": {"anchors": 4, "construction_steps": 5, "adaptation_epochs": 2},
+    }))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FDA_API_KEY": key}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "cli.main", "submit", str(config), "--wait", "--server", f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr + (up.workdir / "up.log").read_text()[-3000:]
+    job = yaml.safe_load(submitted.stdout)
+    assert job["status"] == "succeeded" and job["attempt"] == 1
+    load_with_transformers("llama", Path(job["result"]["output"]))
+    assert Path(job["result"]["output"]).is_relative_to(up.workdir / "var" / "storage")
+    auth = {"Authorization": f"Bearer {key}"}
+    listed = httpx.get(f"http://127.0.0.1:{port}/v1/merge-jobs/{job['id']}/artifacts", headers=auth).json()
+    weights = next(a for a in listed["data"] if a["path"] == "model.safetensors")
+    content = httpx.get(f"http://127.0.0.1:{port}{weights['download']}", headers=auth).content
+    assert hashlib.sha256(content).hexdigest() == weights["sha256"] and len(content) == weights["size"]
+    with Client(f"http://127.0.0.1:{port}", key) as client:  # the Python client streams and checks it too
+        artifact = next(a for a in client.artifacts(job["id"]) if a.path == "model.safetensors")
+        assert client.download(artifact, tmp_path / "dl" / "model.safetensors").read_bytes() == content
+    server = ["--server", f"http://127.0.0.1:{port}"]
+    made = subprocess.run(
+        [sys.executable, "-m", "cli.main", "schedules", "create", "nightly", "0 2 * * *", str(config), *server],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    schedule_id = yaml.safe_load(made.stdout)["id"]
+    fired = subprocess.run(
+        [sys.executable, "-m", "cli.main", "schedules", "trigger", schedule_id, *server],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert fired.returncode == 0, fired.stderr
+    with Client(f"http://127.0.0.1:{port}", key) as client:
+        run = client.wait(yaml.safe_load(fired.stdout)["id"], timeout=240, poll=0.5)
+        assert run.status == "succeeded" and run.metadata == {"schedule": "nightly"}
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -123,7 +143,7 @@ def wait_for_log(workdir: Path, *patterns: str, timeout: float = UP_DEADLINE) ->
     raise AssertionError(f"not in up.log after {timeout} s: {patterns}\n{text[-3000:]}")
 
 
-def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Path) -> None:
+def test_the_running_scheduler_fires_a_due_schedule_on_time(up: Up, llama) -> None:
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import update
@@ -132,53 +152,44 @@ def test_the_running_scheduler_fires_a_due_schedule_on_time(llama, tmp_path: Pat
     from service.models import MergeJob, Schedule
 
     base, experts = llama
-    port = free_port()
-    process, key = start_up(tmp_path, port, allow=[base.parent])
-    try:
-        wait_for_log(tmp_path, r"beat: Starting", r"control@\S+ ready\.")  # the tick runs from here on
-        template = {"method": "linear", "base_model": str(base), "models": [{"model": str(e)} for e in experts]}
-        with Client(f"http://127.0.0.1:{port}", key) as client:
-            schedule = client.create_schedule("soon", "0 2 * * *", template)
-            fire = datetime.now(UTC) + timedelta(seconds=3)
-            database = f"sqlite:///{tmp_path / 'var' / 'fdamerge.db'}"
-            with session_scope(database) as session:  # due in 3 s instead of at 02:00
-                session.execute(update(Schedule).where(Schedule.id == schedule["id"]).values(next_fire_at=fire))
-            deadline = time.monotonic() + 90
-            while not client.schedule(schedule["id"])["recent_runs"] and time.monotonic() < deadline:
-                time.sleep(1)
-            [run] = client.schedule(schedule["id"])["recent_runs"]
-            assert client.wait(run["id"], timeout=120, poll=0.5).status == "succeeded"
-        with session_scope(database) as session:
-            job = session.get_one(MergeJob, run["id"])
-        assert abs((job.fire_time - fire).total_seconds()) < 0.01
-        assert timedelta(0) <= job.created_at - fire < timedelta(seconds=60)  # within cron's resolution (tick: 15 s)
-    finally:
-        stop_group(process)
+    port, key = up.port, up.key
+    wait_for_log(up.workdir, r"beat: Starting", r"control@\S+ ready\.")  # the tick runs from here on
+    template = {"method": "linear", "base_model": str(base), "models": [{"model": str(e)} for e in experts]}
+    with Client(f"http://127.0.0.1:{port}", key) as client:
+        schedule = client.create_schedule("soon", "0 2 * * *", template)
+        fire = datetime.now(UTC) + timedelta(seconds=3)
+        database = f"sqlite:///{up.workdir / 'var' / 'fdamerge.db'}"
+        with session_scope(database) as session:  # due in 3 s instead of at 02:00
+            session.execute(update(Schedule).where(Schedule.id == schedule["id"]).values(next_fire_at=fire))
+        deadline = time.monotonic() + 90
+        while not client.schedule(schedule["id"])["recent_runs"] and time.monotonic() < deadline:
+            time.sleep(1)
+        [run] = client.schedule(schedule["id"])["recent_runs"]
+        assert client.wait(run["id"], timeout=120, poll=0.5).status == "succeeded"
+    with session_scope(database) as session:
+        job = session.get_one(MergeJob, run["id"])
+    assert abs((job.fire_time - fire).total_seconds()) < 0.01
+    assert timedelta(0) <= job.created_at - fire < timedelta(seconds=60)  # within cron's resolution (tick: 15 s)
 
 
-def test_fdamerge_up_restarts_a_worker_that_dies(tmp_path: Path) -> None:
+def test_fdamerge_up_restarts_a_worker_that_dies(up: Up) -> None:
     import psutil
 
-    port = free_port()
-    process, _ = start_up(tmp_path, port)
-    try:
+    def merge_workers() -> list:
+        found = []
+        for child in psutil.Process(up.process.pid).children():
+            try:
+                if "merge@" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                    found.append(child)
+            except psutil.Error:  # gone, or a zombie not yet reaped by the supervisor
+                continue
+        return found
 
-        def merge_workers() -> list:
-            found = []
-            for child in psutil.Process(process.pid).children():
-                try:
-                    if "merge@" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                        found.append(child)
-                except psutil.Error:  # gone, or a zombie not yet reaped by the supervisor
-                    continue
-            return found
-
-        [first] = merge_workers()
-        first.kill()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and [p.pid for p in merge_workers()] in ([], [first.pid]):
-            time.sleep(0.5)
-        [second] = merge_workers()
-        assert second.pid != first.pid and "restarting" in (tmp_path / "up.log").read_text()
-    finally:
-        stop_group(process)
+    logged = len((up.workdir / "up.log").read_text())
+    [first] = merge_workers()
+    first.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [p.pid for p in merge_workers()] in ([], [first.pid]):
+        time.sleep(0.5)
+    [second] = merge_workers()
+    assert second.pid != first.pid and "restarting" in (up.workdir / "up.log").read_text()[logged:]

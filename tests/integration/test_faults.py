@@ -116,14 +116,39 @@ def test_a_finish_whose_reply_is_lost_keeps_the_outputs_of_the_job_that_succeede
     assert artifacts and artifacts == [f"s3://outputs/{key}" for key in rig.stored(job_id)]  # every output is there
 
 
-def test_a_database_outage_mid_merge_is_ridden_out_and_the_job_succeeds_on_its_first_attempt(rig: Rig) -> None:
-    job_id = rig.submit(SLOW_FDA)
+def paced_while_down(proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """While the proxy refuses connections (and 1 s after), each construction step of the merge waits
+    50 ms after reporting its progress, so the merge is still constructing when the outage ends on any
+    machine — instead of a budget long enough for the slowest one (300 steps: 40 s of the suite).
+    Returns the times of the construction steps, for the test to check that."""
+    import service.execute as execute
+
+    report, steps = execute.ProgressReporter.__call__, []
+
+    def paced(reporter, progress) -> None:
+        report(reporter, progress)
+        if progress.phase == "construct":
+            steps.append(time.monotonic())
+            if steps[-1] < proxy.rules.down_until + 1.0:
+                time.sleep(0.05)
+
+    monkeypatch.setattr(execute.ProgressReporter, "__call__", paced)
+    return steps
+
+
+def test_a_database_outage_mid_merge_is_ridden_out_and_the_job_succeeds_on_its_first_attempt(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = paced_while_down(rig.pg, monkeypatch)
+    job_id = rig.submit({**SLOW_FDA, "construction_steps": 60, "patience": 60})
     running = rig.run_in_thread(job_id)
     rig.wait_for_stage(job_id, "construct")
     rig.pg.outage(4.0)  # progress writes and a heartbeat fail meanwhile (the lease is 8 s)
+    ended = rig.pg.rules.down_until
     running["thread"].join(timeout=600)
     job = rig.job(job_id)
     assert (running["status"], job.status, job.attempt, job.error_code) == ("succeeded", "succeeded", 1, None)
+    assert steps[-1] > ended  # the merge was still constructing when the database came back
 
 
 def test_an_s3_outage_during_the_download_is_retried_and_never_blamed_on_the_checkpoint(rig: Rig) -> None:

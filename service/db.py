@@ -29,7 +29,9 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
         int(settings.db_statement_timeout_seconds * 1000),
         int(settings.db_lock_timeout_seconds * 1000),
     )
-    extra = {} if pooled else {"poolclass": NullPool}
+    size = settings.db_pool_size  # the API admits `size` requests (each may open a dispatch's session too): the
+    # last third is for what runs outside that gate (event-stream reads), so nobody waits on the pool for long
+    extra: dict = {"pool_size": size, "max_overflow": 2 * size} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         return _sqlite_engine(url, lock_ms, extra)
     connect_args = {
@@ -46,6 +48,8 @@ def _sqlite_engine(url: str, lock_ms: int, extra: dict) -> Engine:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    else:  # one connection per thread (SingletonThreadPool): no queue to size
+        extra = {k: v for k, v in extra.items() if k == "poolclass"}
     connect_args = {"timeout": max(lock_ms / 1000, 1.0), "check_same_thread": False}
     engine = create_engine(url, connect_args=connect_args, hide_parameters=True, **extra)
 

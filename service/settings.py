@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = Field(
         30.0, gt=0, description="PostgreSQL: a statement running longer is cancelled (every connection)"
     )
+    db_pool_size: int = Field(
+        10,
+        ge=1,
+        description="Database connections a process keeps (twice as many more on demand); the API serves this "
+        "many requests with a database session at once, the others wait without holding a thread (503 after 10 s)",
+    )
     db_lock_timeout_seconds: float = Field(
         10.0, gt=0, description="A statement waiting longer for a lock fails (PostgreSQL lock_timeout, SQLite busy)"
     )

@@ -174,7 +174,9 @@ def test_an_fda_job_posted_over_http_runs_on_a_celery_worker_and_its_s3_output_l
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_exactly_once(stack: Stack) -> None:
     first = stack.start_worker()
-    slow = {"anchors": 8, "construction_steps": 400, "tolerance": 0.0, "patience": 400, "adaptation_epochs": 2}
+    # long enough to be caught in construct (the kill follows the first construct report), and run
+    # to the end by attempt 2: every step past what the kill needs is paid in full once (400: ~40 s)
+    slow = {"anchors": 8, "construction_steps": 80, "tolerance": 0.0, "patience": 80, "adaptation_epochs": 2}
     job_id = stack.submit(slow)
     stack.wait_for(job_id, lambda j: j["stage"] == "construct")
     os.killpg(first.pid, signal.SIGKILL)  # the whole worker: parent and the child running the job
@@ -197,11 +199,13 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_exactly_once(s
 def test_a_job_that_kills_its_worker_every_time_ends_failed_worker_lost(stack: Stack) -> None:
     job_id = stack.submit({"anchors": 8, "construction_steps": 400, "tolerance": 0.0, "patience": 400})
     dispatcher = CeleryDispatcher(stack.settings.broker_url)
+    worker = stack.start_worker()
     for attempt in (1, 2, 3):
-        worker = stack.start_worker()
         stack.wait_for(job_id, lambda j, n=attempt: j["attempt"] == n and j["stage"] == "construct")
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
+        if attempt < 3:  # the next worker starts while the lease runs out (it has no message until the reaper's)
+            worker = stack.start_worker()
         time.sleep(LEASE + 0.5)
         assert reap_and_requeue(stack.settings, dispatcher) == ([job_id] if attempt < 3 else [])
     job = stack.get(job_id)

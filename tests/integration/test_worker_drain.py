@@ -24,12 +24,27 @@ START_DEADLINE = 120  # s: a Celery worker importing the service on 2 loaded cor
 
 @pytest.fixture
 def worker(redis_server, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A worker of the test's own (the test stops it), on a Redis database of its own: the shared
+    worker, if it is up, neither takes its messages nor hears its control commands."""
+    with running_worker(redis_server.url.rsplit("/", 1)[0] + "/1", tmp_path) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def shared_worker(redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One worker for the tests that leave it running and idle (starting one takes most of a test)."""
+    with running_worker(redis_server.url, tmp_path_factory.mktemp("worker")) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def running_worker(broker_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
-    redis.Redis.from_url(redis_server.url).delete(MERGE_QUEUE)
+    redis.Redis.from_url(broker_url).delete(MERGE_QUEUE)
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "FDA_DATABASE_URL": url,
-        "FDA_BROKER_URL": redis_server.url, "FDA_HEALTH_DIR": str(tmp_path / "health"),
+        "FDA_BROKER_URL": broker_url, "FDA_HEALTH_DIR": str(tmp_path / "health"),
         "FDA_STORAGE_URL": f"file://{tmp_path / 'storage'}", "FDA_CACHE_DIR": str(tmp_path / "cache"),
         "FDA_SHUTDOWN_GRACE_SECONDS": "2", "FDA_LOCAL_INPUTS": "true",
     }  # fmt: skip
@@ -67,7 +82,8 @@ def taken(broker_url: str, job_id: str, within: float) -> bool:
     return False
 
 
-def test_a_drained_worker_takes_no_new_job_until_it_is_resumed(worker: dict[str, str]) -> None:
+def test_a_drained_worker_takes_no_new_job_until_it_is_resumed(shared_worker: dict[str, str]) -> None:
+    worker = shared_worker
     broker = worker["FDA_BROKER_URL"]
     drained = control(worker, "--drain")
     assert drained.returncode == 0, drained.stdout + drained.stderr
@@ -126,12 +142,13 @@ def pool_state(pid: str) -> str:
         return "gone"
 
 
-def test_messages_of_cancelled_jobs_are_dropped_without_a_job_process(worker: dict[str, str]) -> None:
+def test_messages_of_cancelled_jobs_are_dropped_without_a_job_process(shared_worker: dict[str, str]) -> None:
     from service.db import session_scope
     from service.jobs import request_cancel
     from service.models import Tenant
     from tests.integration.test_job_lifecycle import submit
 
+    worker = shared_worker
     url, broker = worker["FDA_DATABASE_URL"], worker["FDA_BROKER_URL"]
     with session_scope(url) as session:
         session.add(Tenant(id="tn_a", name="a", allowed_prefixes=["s3://b"]))
@@ -139,7 +156,7 @@ def test_messages_of_cancelled_jobs_are_dropped_without_a_job_process(worker: di
     with session_scope(url) as session:
         for job_id in ids:
             request_cancel(session, "tn_a", job_id)  # queued → cancelled at once; their messages stay queued
-    pool = pool_processes(worker["pid"])
+    pool = settled_pool(worker["pid"])  # (a message an earlier test gave the worker replaced its pool process)
     assert len(pool) == 1
     for job_id in ids:
         CeleryDispatcher(broker).enqueue(job_id)
@@ -154,3 +171,16 @@ def test_messages_of_cancelled_jobs_are_dropped_without_a_job_process(worker: di
 
 def pool_processes(pid: str) -> list[int]:
     return sorted(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+def settled_pool(pid: str, quiet: float = 1.5, timeout: float = 30.0) -> list[int]:
+    """The worker's pool processes once they have stayed the same for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    pool, since = pool_processes(pid), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the worker's pool never settled"
+        time.sleep(0.1)
+        now = pool_processes(pid)
+        if now != pool:
+            pool, since = now, time.monotonic()
+    return pool

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.errors import InvalidRequest, NotFound, ServiceError
@@ -106,15 +106,29 @@ def authenticate(session: Session, presented: str) -> Principal:
     parts = presented.split("_")
     if len(parts) < 3 or parts[0] != KEY_PREFIX:
         raise Unauthorized("malformed API key")
-    key = session.scalars(select(ApiKey).where(ApiKey.lookup == parts[1])).first()
-    if key is None or not hmac.compare_digest(key.sha256, _digest(presented)):
+    row = session.execute(KEY_AND_TENANT, {"lookup": parts[1]}).first()  # one round trip, no ORM objects
+    if row is None or not hmac.compare_digest(row.sha256, _digest(presented)):
         raise Unauthorized("unknown API key")
-    if key.revoked or (key.expires_at is not None and key.expires_at <= utcnow()):
+    if row.revoked or (row.expires_at is not None and row.expires_at <= utcnow()):
         raise Unauthorized("API key revoked or expired")
-    tenant = session.get_one(Tenant, key.tenant_id)
-    if tenant.disabled:
+    if row.disabled:
         raise Unauthorized("this API key's tenant is disabled")
-    return Principal(tenant.id, frozenset(key.scopes), tuple(tenant.allowed_prefixes))
+    return Principal(row.tenant_id, frozenset(row.scopes), tuple(row.allowed_prefixes))
+
+
+KEY_AND_TENANT = (
+    select(
+        ApiKey.sha256,
+        ApiKey.revoked,
+        ApiKey.expires_at,
+        ApiKey.scopes,
+        Tenant.id.label("tenant_id"),
+        Tenant.disabled,
+        Tenant.allowed_prefixes,
+    )
+    .join(Tenant, Tenant.id == ApiKey.tenant_id)
+    .where(ApiKey.lookup == bindparam("lookup"))
+)
 
 
 def _digest(plaintext: str) -> str:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from service.clock import db_now
 from service.db import session_scope
 from service.jobs import ACTIVE, claim_sends, unmark_sent
 from service.limits import QuotaExceeded
@@ -59,6 +60,43 @@ def dispatch(settings: Settings, dispatcher: Dispatcher, tenant_id: str) -> list
     with session_scope(settings.database_url) as session:
         due = next_to_send(session, tenant_id, settings.limits.running_jobs_per_tenant)
         claimed = claim_sends(session, due)
+    return send_claimed(settings, dispatcher, claimed)
+
+
+def claim_window(session: Session, tenant_id: str, window: int) -> list[str]:
+    """`next_to_send` and `claim_sends` in one statement, in the caller's transaction (a submit's own, so
+    its insert and its send claim commit together): the tenant's oldest waiting jobs that fit in its
+    window, marked sent by compare-and-set. A job another dispatcher claimed first fails the re-checked
+    `enqueued_at IS NULL` and is not returned. Returns the ids won, oldest first."""
+    won = session.execute(CLAIM_WINDOW, {"for_tenant": tenant_id, "window": window}).all()
+    return [job_id for job_id, _ in sorted(won, key=lambda row: (row[1], row[0]))]
+
+
+def _claim_window_statement():  # built once: constructing the expression costs more than running it
+    jobs, tenant = MergeJob.__table__.c, bindparam("for_tenant")
+    sent = (jobs.status == "queued") & jobs.enqueued_at.is_not(None)
+    busy = select(func.count()).where(jobs.tenant_id == tenant, or_(jobs.status.in_(ACTIVE), sent))
+    free = bindparam("window") - busy.scalar_subquery()
+    waiting = (
+        select(jobs.id)
+        .where(jobs.tenant_id == tenant, jobs.status == "queued", jobs.enqueued_at.is_(None))
+        .order_by(jobs.created_at, jobs.id)
+        .limit(case((free > 0, free), else_=0))  # SQLite reads a negative LIMIT as none
+    )
+    return (
+        update(MergeJob.__table__)
+        .where(jobs.id.in_(waiting), jobs.status == "queued", jobs.enqueued_at.is_(None))
+        .values(enqueued_at=db_now())
+        .returning(jobs.id, jobs.created_at)
+    )
+
+
+CLAIM_WINDOW = _claim_window_statement()
+
+
+def send_claimed(settings: Settings, dispatcher: Dispatcher, claimed: list[str]) -> list[str]:
+    """Enqueue jobs whose send this process claimed (after the claim's commit); a broker that refuses
+    puts the rest back to waiting. Returns the ids sent."""
     for index, job_id in enumerate(claimed):
         try:
             dispatcher.enqueue(job_id)

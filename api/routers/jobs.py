@@ -14,10 +14,11 @@ from api.deps import DispatcherDep, PreflightGateDep, PrincipalDep, SessionDep, 
 from api.openapi import responses
 from api.schemas import ArtifactPublic, JobEventPublic, JobStatus, MergeJobCreate, MergeJobPublic, Page
 from api.streams import EventStreamResponse
+from service.accept import accept_job
 from service.dispatch import check_queue_quota, dispatch
 from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, list_events, list_jobs, metrics_of
-from service.jobs import find_replay, get_job, request_cancel, retry_job, submit_job
+from service.jobs import get_job, request_cancel, retry_job
 from service.jobspec import JobSpec
 from service.preflight import preflight
 from service.storage import presigned_get
@@ -44,30 +45,26 @@ def create_merge_job(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     gate: PreflightGateDep,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> MergeJobPublic:
+) -> Response:
     """Accept a merge job (202). A replayed Idempotency-Key returns the job it created."""
     principal.require("jobs:write")
     policy = policy_of(settings, principal)
     check_submission(body, policy, settings)
-    earlier = find_replay(session, principal.tenant_id, idempotency_key, body) if idempotency_key else None
-    if earlier is None:
-        check_queue_quota(session, principal.tenant_id, settings)
-        session.rollback()  # no transaction stays open during the slow part
-        if settings.preflight:
-            with gate.slot(principal.tenant_id):
-                preflight(body, settings, policy)
-    job, created = (earlier, False) if earlier else submit_job(
-        session, tenant_id=principal.tenant_id, request=body, idempotency_key=idempotency_key,
-        max_attempts=settings.max_attempts,
+
+    def slow_checks() -> None:
+        with gate.slot(principal.tenant_id):
+            preflight(body, settings, policy)
+
+    job, created = accept_job(
+        session, settings, dispatcher, principal.tenant_id, body, idempotency_key,
+        slow_checks if settings.preflight else None,
     )  # fmt: skip
-    if job.enqueued_at is None:
-        dispatch(settings, dispatcher, principal.tenant_id)
+    headers = {"Location": f"/v1/merge-jobs/{job.id}"}
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/merge-jobs/{job.id}"
-    return MergeJobPublic.of(job)
+        headers["Idempotent-Replayed"] = "true"
+    # the model is ours and valid: serialised once, not validated again as a response_model return would be
+    return Response(MergeJobPublic.of(job).model_dump_json(), 202, headers, "application/json")
 
 
 @router.get("", response_model=Page[MergeJobPublic], responses=responses(401, 403, 422))

@@ -1,0 +1,127 @@
+"""One submit as few database round trips as it can be: the replay lookup and the quota count in one
+statement, then the job, its first event and its send claim in one transaction, in Core statements.
+
+The checks and their order are `find_replay`, `check_queue_quota`, `submit_job` and `dispatch`'s
+(service/jobs.py, service/dispatch.py), which the other paths (retry, triggers, schedules, the worker)
+still use: an Idempotency-Key replay first (422 for another body; a replay is answered even when the
+queue is full), then the tenant's queue quota (429), then the slow submit-time checks with no
+transaction open, then the insert. The send is claimed by compare-and-set in the insert's own
+transaction (`claim_window`), so concurrent submits still send each job once, and it is published
+after the commit; a broker that refuses puts it back to waiting for the reaper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
+
+from sqlalchemy import BindParameter, Table, bindparam, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.dispatch import claim_window, send_claimed
+from service.errors import IdempotencyMismatch
+from service.ids import new_id
+from service.jobspec import JobSpec
+from service.limits import QuotaExceeded
+from service.models import JobEvent, MergeJob, utcnow
+from service.queue import Dispatcher
+from service.settings import Settings
+
+JOBS, EVENTS = cast(Table, MergeJob.__table__), cast(Table, JobEvent.__table__)
+INSERT_JOB, INSERT_EVENT = insert(JOBS), insert(EVENTS)
+
+
+def accept_job(
+    session: Session,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    tenant_id: str,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    slow_checks: Callable[[], None] | None = None,
+) -> tuple[MergeJob, bool]:
+    """Returns (job, created): a new queued job (committed, and sent if it fits its tenant's window), or
+    the job this Idempotency-Key created. `slow_checks` (preflight) runs with no transaction open."""
+    digest = spec.digest()
+    earlier_id, queued = replay_and_queued(session, tenant_id, idempotency_key)
+    if earlier_id is not None:
+        return _replay(session, settings, dispatcher, tenant_id, earlier_id, digest), False
+    limit = settings.limits.queued_jobs_per_tenant
+    if queued >= limit:
+        raise QuotaExceeded(f"this tenant has {queued} queued jobs; wait for some to start", "queued_jobs_per_tenant")
+    if slow_checks is not None:
+        session.rollback()  # no transaction stays open during the slow part
+        slow_checks()
+    job = _new_job(tenant_id, spec, digest, idempotency_key, settings.max_attempts)
+    try:
+        insert_new(session, job)
+        claimed = claim_window(session, tenant_id, settings.limits.running_jobs_per_tenant)
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        earlier_id, _ = replay_and_queued(session, tenant_id, idempotency_key)
+        if earlier_id is None:
+            raise
+        return _replay(session, settings, dispatcher, tenant_id, earlier_id, digest), False
+    send_claimed(settings, dispatcher, claimed)
+    return job, True
+
+
+def replay_and_queued(session: Session, tenant_id: str, key: str | None) -> tuple[str | None, int]:
+    """(the job an earlier request with this key created, the tenant's queued jobs) in one round trip."""
+    if key is None:
+        return None, int(session.scalar(QUEUED, {"tenant_id": tenant_id}) or 0)
+    found, count = session.execute(REPLAY_AND_QUEUED, {"tenant_id": tenant_id, "key": key}).one()
+    return found, int(count or 0)
+
+
+_TENANT: BindParameter[str] = bindparam("tenant_id")
+_QUEUED = select(func.count()).where(JOBS.c.tenant_id == _TENANT, JOBS.c.status == "queued").scalar_subquery()
+QUEUED = select(_QUEUED)
+REPLAY_AND_QUEUED = select(
+    select(JOBS.c.id).where(JOBS.c.tenant_id == _TENANT, JOBS.c.idempotency_key == bindparam("key")).scalar_subquery(),
+    _QUEUED,
+)  # statements built once: constructing an expression costs more than running it
+
+
+def _replay(
+    session: Session, settings: Settings, dispatcher: Dispatcher, tenant_id: str, job_id: str, digest: str
+) -> MergeJob:
+    job = session.get_one(MergeJob, job_id)
+    if job.request_sha256 != digest:
+        raise IdempotencyMismatch(f"Idempotency-Key was used for a different request (job {job.id})")
+    claimed = (
+        claim_window(session, tenant_id, settings.limits.running_jobs_per_tenant) if job.enqueued_at is None else []
+    )
+    session.commit()
+    send_claimed(settings, dispatcher, claimed)
+    return job
+
+
+def _new_job(tenant_id: str, spec: JobSpec, digest: str, key: str | None, max_attempts: int) -> MergeJob:
+    """The job as `insert_job` makes it, built here and inserted by one Core statement (no unit of work,
+    nothing read back: every column is known before the INSERT)."""
+    return MergeJob(
+        id=new_id("mj"), tenant_id=tenant_id, status="queued", stage="queued", progress=0.0,
+        config=spec.config_document(), output_prefix=spec.output, metadata_=dict(spec.metadata),
+        idempotency_key=key, request_sha256=digest, attempt=0, max_attempts=max_attempts, cancel_requested=False,
+        created_at=utcnow(),
+    )  # fmt: skip
+
+
+def insert_new(session: Session, job: MergeJob) -> None:
+    """The job's row and its first event (`queued`), two INSERTs, nothing read back."""
+    session.execute(INSERT_JOB, {**{name: getattr(job, name) for name in ROW}, "metadata": job.metadata_})
+    session.execute(
+        INSERT_EVENT,
+        {"job_id": job.id, "at": job.created_at, "kind": "status", "attempt": 0, "message": "queued", "data": {}},
+    )
+
+
+ROW = (
+    "id", "tenant_id", "status", "stage", "progress", "config", "output_prefix", "idempotency_key", "request_sha256",
+    "attempt", "max_attempts", "cancel_requested", "created_at",
+)  # fmt: skip

@@ -1,0 +1,141 @@
+"""The submit path's own mechanisms (service/accept.py, claim_window, the Redis message): one transaction
+for replay, quota, insert and send claim that still sends each job exactly once, answers replays and
+quotas as before, and a Celery message on Redis identical to send_task's."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from service.accept import accept_job
+from service.db import session_factory, session_scope
+from service.errors import IdempotencyMismatch
+from service.jobspec import JobSpec
+from service.limits import Limits, QuotaExceeded
+from service.models import JobEvent, MergeJob
+from service.queue import MERGE_QUEUE, MERGE_TASK, CeleryDispatcher, _sender
+from service.settings import Settings
+from tests.integration.test_dispatch_once import Recording
+from tests.integration.test_job_lifecycle import CONFIG, job, submit
+
+SPEC = JobSpec.model_validate(CONFIG)
+
+
+def accept(settings: Settings, dispatcher, key: str | None = None, spec: JobSpec = SPEC) -> tuple[MergeJob, bool]:
+    session = session_factory(settings.database_url)()
+    try:
+        return accept_job(session, settings, dispatcher, "tn_a", spec, key)
+    finally:
+        session.close()
+
+
+def test_a_submit_inserts_the_job_as_submit_job_does_and_sends_it(database_url: str) -> None:
+    settings = Settings(database_url=database_url)
+    recording = Recording()
+    made, created = accept(settings, recording, "k1")
+    assert created and recording.sent == [made.id]
+    stored = job(database_url, made.id)
+    assert (stored.status, stored.stage, stored.attempt, stored.max_attempts, stored.idempotency_key) == (
+        "queued", "queued", 0, settings.max_attempts, "k1",
+    )  # fmt: skip
+    assert stored.config == SPEC.config_document() and stored.request_sha256 == SPEC.digest()
+    assert stored.created_at == made.created_at and stored.enqueued_at is not None
+    with session_scope(database_url) as session:
+        events = session.scalars(select(JobEvent).where(JobEvent.job_id == made.id)).all()
+        assert [(e.kind, e.message, e.attempt, e.data) for e in events] == [("status", "queued", 0, {})]
+
+
+def test_the_window_sends_the_oldest_waiting_jobs_first(database_url: str) -> None:
+    settings = Settings(database_url=database_url, limits=Limits(running_jobs_per_tenant=2))
+    older = [submit(database_url) for _ in range(3)]  # waiting, never sent
+    recording = Recording()
+    made, _ = accept(settings, recording)
+    assert recording.sent == older[:2]  # the window is full: the new job waits behind them
+    assert job(database_url, made.id).enqueued_at is None and job(database_url, older[2]).enqueued_at is None
+    accept(settings, recording)
+    assert recording.sent == older[:2]  # still full
+
+
+def test_concurrent_submits_send_every_job_exactly_once(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("one writer at a time on SQLite: nothing concurrent to race")
+    settings = Settings(database_url=database_url, limits=Limits(running_jobs_per_tenant=10**6))
+    waiting = [submit(database_url) for _ in range(6)]  # each submit below may claim these too
+    recording, made, errors = Recording(), [], []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                made.append(accept(settings, recording)[0].id)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert Counter(recording.sent) == Counter(waiting + made)  # each once: none twice, none left behind
+    assert all(job(database_url, j).enqueued_at is not None for j in waiting + made)
+
+
+def test_a_replay_is_answered_before_the_quota_and_a_changed_body_is_refused(database_url: str) -> None:
+    settings = Settings(database_url=database_url, limits=Limits(queued_jobs_per_tenant=1))
+    first, _ = accept(settings, Recording(), "same")
+    again, created = accept(settings, Recording(), "same")  # the queue is full, the replay still answers
+    assert again.id == first.id and not created
+    with pytest.raises(QuotaExceeded):
+        accept(settings, Recording(), "other")
+    with pytest.raises(IdempotencyMismatch):
+        accept(settings, Recording(), "same", SPEC.with_metadata(team="x"))
+
+
+def test_a_replay_of_a_job_not_yet_sent_sends_it(database_url: str) -> None:
+    settings = Settings(database_url=database_url)
+    first, _ = accept(settings, Recording(fail_after=0), "k")  # the broker refused: accepted, waiting
+    assert job(database_url, first.id).enqueued_at is None
+    recording = Recording()
+    again, created = accept(settings, recording, "k")
+    assert (again.id, created, recording.sent) == (first.id, False, [first.id])
+
+
+def test_concurrent_submits_with_one_key_make_one_job(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("one writer at a time on SQLite")
+    settings = Settings(database_url=database_url)
+    recording, answers = Recording(), []
+    start = threading.Barrier(4, timeout=30)
+
+    def worker() -> None:
+        start.wait()
+        answers.append(accept(settings, recording, "racing"))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len({made.id for made, _ in answers}) == 1 and sum(created for _, created in answers) == 1
+    assert len(recording.sent) == 1
+
+
+def test_the_redis_message_is_the_one_send_task_writes(redis_server) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete(MERGE_QUEUE)
+    CeleryDispatcher(redis_server.url).enqueue("mj_fast")
+    _sender(redis_server.url).send_task(MERGE_TASK, args=["mj_slow"], task_id="mj_slow", queue=MERGE_QUEUE)
+    fast, slow = [json.loads(raw) for raw in reversed(client.lrange(MERGE_QUEUE, 0, -1))]
+    client.delete(MERGE_QUEUE)
+    for message in (fast, slow):
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+        assert message["properties"].pop("delivery_tag")
+    assert json.dumps(fast).replace("mj_fast", "ID") == json.dumps(slow).replace("mj_slow", "ID")
+    assert fast["body"] == [["mj_fast"], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
-from sqlalchemy import BindParameter, Table, bindparam, func, insert, select
+from sqlalchemy import BindParameter, Table, bindparam, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -113,8 +113,13 @@ def _new_job(tenant_id: str, spec: JobSpec, digest: str, key: str | None, max_at
 
 
 def insert_new(session: Session, job: MergeJob) -> None:
-    """The job's row and its first event (`queued`), two INSERTs, nothing read back."""
-    session.execute(INSERT_JOB, {**{name: getattr(job, name) for name in ROW}, "metadata": job.metadata_})
+    """The job's row and its first event (`queued`, at the job's created_at), nothing read back: one
+    statement on PostgreSQL (the event's INSERT selects from the job's), two on SQLite."""
+    row = {**{name: getattr(job, name) for name in ROW}, "metadata": job.metadata_}
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(INSERT_JOB_AND_EVENT, {f"new_{name}": value for name, value in row.items()})
+        return
+    session.execute(INSERT_JOB, row)
     session.execute(
         INSERT_EVENT,
         {"job_id": job.id, "at": job.created_at, "kind": "status", "attempt": 0, "message": "queued", "data": {}},
@@ -125,3 +130,22 @@ ROW = (
     "id", "tenant_id", "status", "stage", "progress", "config", "output_prefix", "idempotency_key", "request_sha256",
     "attempt", "max_attempts", "cancel_requested", "created_at",
 )  # fmt: skip
+
+
+def _insert_job_and_event():
+    """INSERT the job (every column a parameter `new_<column>`) RETURNING its id and time, and its event
+    from that, in one statement (a data-modifying WITH: PostgreSQL)."""
+    columns = [*ROW, "metadata"]
+    job = (
+        insert(JOBS)
+        .values({name: bindparam(f"new_{name}", type_=JOBS.c[name].type) for name in columns})
+        .returning(JOBS.c.id, JOBS.c.created_at)
+        .cte("new_job")
+    )
+    event = select(
+        job.c.id, job.c.created_at, literal("status"), literal(0), literal("queued"), literal({}, EVENTS.c.data.type)
+    )
+    return insert(EVENTS).from_select(["job_id", "at", "kind", "attempt", "message", "data"], event)
+
+
+INSERT_JOB_AND_EVENT = _insert_job_and_event()

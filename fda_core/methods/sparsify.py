@@ -26,14 +26,25 @@ def smallest(values: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """True on the k = max(1, ⌊density·n⌋) entries of largest |τ| (TIES' trim step)."""
+    """True on the k = max(1, ⌊density·n⌋) entries of largest |τ| (TIES' trim step).
+
+    When entries of equal |τ| straddle the cut (common in real fine-tunes: AdamW's first steps move many
+    weights by the same amount), which of them survive is an ordering choice; mergekit's is its descending
+    argsort, so that case sorts as mergekit does (O(n log n)) and gives its tensors. Otherwise O(n)."""
     n = tau.numel()
     if density >= 1:
         return torch.ones_like(tau, dtype=torch.bool)
     if density <= 0 or n == 0:
         return torch.zeros_like(tau, dtype=torch.bool)
     k = max(1, int(density * n))
-    return ~smallest(tau.abs(), n - k)
+    flat = tau.abs().reshape(-1).float()
+    cut = torch.kthvalue(flat, n - k + 1).values  # the k-th largest |τ|
+    keep = flat >= cut
+    if int(keep.sum()) == k:  # no tie straddles the cut
+        return keep.reshape(tau.shape)
+    keep = torch.zeros(n, dtype=torch.bool, device=tau.device)
+    keep[torch.argsort(flat, descending=True)[:k]] = True
+    return keep.reshape(tau.shape)
 
 
 def band_mask(tau: torch.Tensor, density: float, gamma: float) -> torch.Tensor:

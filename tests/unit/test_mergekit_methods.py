@@ -241,3 +241,18 @@ def test_ramplus_refuses_a_zero_epsilon_where_mergekit_returns_nan() -> None:
     with pytest.raises(ValidationError, match="greater than 0"):
         merge("ramplus_tl", ZERO, [torch.ones(5), ZERO], {"epsilon": 0.0})
     close(merge("ram", torch.zeros(2), [torch.tensor([0.5, 0.0]), torch.zeros(2)], {"epsilon": 0.0}), [0.5, 0.0])
+
+
+@pytest.mark.mergekit
+def test_ties_trim_keeps_the_tied_entries_mergekit_keeps() -> None:
+    """Equal |τ| straddling the cut (AdamW's first steps move many weights by the same amount): the k kept are
+    mergekit's, not just any k (real SmolLM2 fine-tunes differed from mergekit by 1.9e-3 on a few entries)."""
+    from mergekit.sparsify import magnitude
+
+    from fda_core.methods.sparsify import magnitude_mask
+
+    generator = torch.Generator().manual_seed(0)
+    steps = torch.randint(-3, 4, (4096,), generator=generator).float() * 1e-4  # few distinct magnitudes
+    kept = magnitude_mask(steps, 0.5)
+    assert int(kept.sum()) == 2048
+    assert torch.equal(steps * kept, magnitude(steps, 0.5))

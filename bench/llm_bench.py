@@ -111,10 +111,10 @@ class Budget:
 class LlmBench:
     """One seed: splits, eight experts (four full fine-tunes, four LoRA), merges and their scores."""
 
-    def __init__(self, seed: int, budget: Budget) -> None:
+    def __init__(self, seed: int, budget: Budget, cached_only: bool = False) -> None:
         from transformers import AutoTokenizer
 
-        self.seed, self.budget = seed, budget
+        self.seed, self.budget, self.cached_only = seed, budget, cached_only
         self.root = CACHE / f"seed{seed}"
         self.base = base_folder()
         self.tok = AutoTokenizer.from_pretrained(self.base, local_files_only=True)
@@ -205,7 +205,9 @@ class LlmBench:
         found = self.load(label, config)
         if found is not None and (found.scores.loss or not test):
             return found
-        scratch = self.root / "scratch"
+        if self.cached_only:
+            raise LookupError(label)
+        scratch = self.root / f"scratch-{os.getpid()}"  # one per process: parts may run side by side
         scratch.mkdir(parents=True, exist_ok=True)
         config_file, out = scratch / "merge.yaml", scratch / "merged"
         config_file.write_text(json.dumps(config))  # JSON is YAML

@@ -94,6 +94,42 @@ def service_merge(bench: LlmBench, config: dict[str, Any]) -> tuple[Path, float,
     return workdir / "merged", seconds, time.perf_counter() - cli_started, difference
 
 
+MERGEKIT_METHODS = {  # mergekit-format: the same merges as the quality table's TA λ 0.5 and TIES density 0.5
+    "task_arithmetic": ({"weight": 1.0}, {"lambda": 0.5}),
+    "ties": ({"weight": 1.0, "density": 0.5}, {"lambda": 1.0, "normalize": True}),
+}
+
+
+def against_mergekit(bench: LlmBench, threads: int) -> list[tuple[str, str, float, float, float]]:
+    """(method, tool, wall s, peak RSS GiB, max |Δ| ours vs mergekit) on the four full SmolLM2 experts."""
+    from measure import run_measured
+    from param_merge import max_abs_diff
+
+    rows = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    scratch = Path(tempfile.mkdtemp(prefix="llm-mergekit-", dir=bench.root))
+    experts = [str(bench.expert(i, "full")) for i in range(len(bench.names))]
+    for method, (per_model, shared) in MERGEKIT_METHODS.items():
+        doc: dict[str, Any] = {"merge_method": method, "base_model": str(bench.base), "parameters": shared}
+        doc["dtype"] = "float32"
+        doc["models"] = [{"model": e, "parameters": per_model} for e in experts]
+        config = scratch / f"{method}.yaml"
+        config.write_text(json.dumps(doc))
+        outs = {tool: scratch / f"{method}-{tool}" for tool in ("ours", "mergekit")}
+        commands = {
+            "ours": [FDAMERGE, "merge", str(config), "--out", str(outs["ours"]), "--quiet", "--threads", str(threads)],
+            "mergekit": [str(Path(FDAMERGE).with_name("mergekit-yaml")), str(config), str(outs["mergekit"])]
+            + ["--safe-serialization", "--quiet"],
+        }
+        figures = {tool: run_measured(command, env=env) for tool, command in commands.items()}
+        for tool, (_, _, rc, tail) in figures.items():
+            if rc != 0:
+                raise SystemExit(f"{tool} {method} failed:\n{tail}")
+        worst, _ = max_abs_diff(outs["ours"], outs["mergekit"])
+        rows += [(method, tool, figures[tool][0], figures[tool][1], worst) for tool in commands]
+    return rows
+
+
 def _yaml(text: str) -> Any:
     import yaml
 

@@ -9,7 +9,7 @@ user would) and is scored on held-out windows: next-token loss per domain, exact
 addition and gloss tasks, and the share of each expert's loss gain over the base that the merge
 keeps. Paired bootstrap over held-out windows; wall time and peak RSS of each merge command.
 
-Run:  .venv/bin/python bench/quality_llm.py [--seed 0] [--part experts|full|lora|service|all] [--threads 2]
+Run:  .venv/bin/python bench/quality_llm.py [--seed 0] [--part experts|full|lora|service|mergekit|all] [--threads 2]
 """
 
 from __future__ import annotations
@@ -110,7 +110,13 @@ FDA_ROWS: dict[str, dict[str, Any]] = {
 
 
 def fda_rows(bench: LlmBench, kind: str, rows: dict[str, dict[str, Any]]) -> dict[str, Outcome]:
-    return {label: bench.merge(f"{kind} {label}", "fda", parameters, kind) for label, parameters in rows.items()}
+    outcomes = {}
+    for label, parameters in rows.items():
+        try:
+            outcomes[label] = bench.merge(f"{kind} {label}", "fda", parameters, kind)
+        except LookupError:
+            continue  # --cached and not merged yet
+    return outcomes
 
 
 def gaps(refs: dict[str, Outcome], names: list[str]) -> dict[str, float]:
@@ -138,7 +144,7 @@ def bootstrap_kept(
     return point, float(draws.quantile(0.025)), float(draws.quantile(0.975))
 
 
-def table(bench: LlmBench, kind: str, refs: dict[str, Outcome], rows: list[tuple[str, str, Outcome]]) -> None:
+def table(bench: LlmBench, kind: str, refs: dict[str, Outcome], rows: list[Row]) -> None:
     names, gap = bench.names, gaps(refs, bench.names)
     compared = {role: outcome for role, _, outcome in rows if role in ("TIES default", "DARE-TIES default")}
     head = ["method", "chosen", *(f"loss {n}" for n in names), "kept", "EM add", "EM gloss"]
@@ -157,18 +163,38 @@ def table(bench: LlmBench, kind: str, refs: dict[str, Outcome], rows: list[tuple
         print("| " + " | ".join(cells) + " |")
 
 
-def run_kind(bench: LlmBench, kind: str, grids: tuple[Grid, ...], fda: dict[str, dict[str, Any]]) -> None:
-    refs = references(bench, kind)
-    rows: list[tuple[str, str, Outcome]] = [("base", "", refs["base"]), ("experts", "each on its own", refs["expert"])]
+Row = tuple[str, str, Outcome]  # role, what was chosen, the outcome
+
+
+def grid_rows(bench: LlmBench, kind: str, grids: tuple[Grid, ...]) -> list[Row]:
+    rows: list[Row] = []
     for grid in grids:
-        default, chosen = tuned(bench, grid, kind)
+        try:
+            default, chosen = tuned(bench, grid, kind)
+        except LookupError:
+            continue  # --cached and not merged yet
         rows.append((f"{grid.role} default", f"{grid.key}={grid.values[0]}", default))
         if len(grid.values) > 1:
             rows.append((f"{grid.role} tuned", f"{grid.key}={chosen.config['parameters'][grid.key]}", chosen))
         print(f"{kind} {grid.role}: default val {default.val_loss:.4f}, chosen {chosen.label}", flush=True)
+    return rows
+
+
+def fda_table_rows(bench: LlmBench, kind: str, fda: dict[str, dict[str, Any]]) -> list[Row]:
+    rows: list[Row] = []
     for label, outcome in fda_rows(bench, kind, fda).items():
         rows.append((label, "", outcome))
         print(f"{kind} {label}: val {outcome.val_loss:.4f} wall {outcome.wall:.0f}s", flush=True)
+    return rows
+
+
+def run_kind(bench: LlmBench, kind: str, grids: tuple[Grid, ...], fda: dict[str, dict[str, Any]]) -> None:
+    refs = references(bench, kind)
+    rows: list[Row] = [("base", "", refs["base"]), ("experts", "each on its own", refs["expert"])]
+    # The mergekit users' methods and FDA's main rows first, so that a run cut short still compares them.
+    fda_items = list(fda.items())
+    rows += grid_rows(bench, kind, grids[:3]) + fda_table_rows(bench, kind, dict(fda_items[:2]))
+    rows += grid_rows(bench, kind, grids[3:]) + fda_table_rows(bench, kind, dict(fda_items[2:]))
     table(bench, kind, refs, rows)
 
 
@@ -188,23 +214,33 @@ def through_the_service(bench: LlmBench, kind: str) -> None:
         print(f"  {prompt!r} → {text!r}")
 
 
+def mergekit_table(bench: LlmBench) -> None:
+    from llm_service import against_mergekit
+
+    print("\n| method | tool | wall s | peak RSS GiB | max abs diff ours vs mergekit |\n|---|---|---|---|---|")
+    for method, tool, wall, rss, worst in against_mergekit(bench, bench.budget.threads):
+        print(f"| {method} | {tool} | {wall:.1f} | {rss:.2f} | {worst:.2e} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--part", choices=["experts", "full", "lora", "service", "all"], default="all")
+    parser.add_argument("--part", choices=["experts", "full", "lora", "service", "mergekit", "all"], default="all")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cached", action="store_true", help="print the tables from kept results only, merge nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bench = LlmBench(args.seed, Budget(threads=args.threads))
+    bench = LlmBench(args.seed, Budget(threads=args.threads), cached_only=args.cached)
     experts(bench, KINDS if args.part in ("experts", "all") else ("lora",) if args.part == "lora" else ("full",))
     if args.part in ("full", "all"):
         run_kind(bench, "full", GRIDS, FDA_ROWS)
     if args.part in ("lora", "all"):  # the mergekit users' methods and FDA's default refinement
         lora_grids = tuple(g for g in GRIDS if g.role in ("TA", "TIES", "DARE-TIES", "TSV"))
         run_kind(bench, "lora", lora_grids, {k: v for k, v in FDA_ROWS.items() if "TSV, full" in k})
-    if args.part in ("service", "all"):
-        for kind in KINDS:
-            through_the_service(bench, kind)
+    if args.part in ("service", "all"):  # the full fine-tunes; adapters take the same path (tests/integration)
+        through_the_service(bench, "full")
+    if args.part in ("mergekit", "all"):
+        mergekit_table(bench)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ stage's time is one submit's. Each stage is a service function the handler calls
 its thread CPU and wall time (nested stages are inclusive: `accept_job` contains the statements, the
 commit and `enqueue`). The process's and PostgreSQL's and Redis's CPU per submit come from /proc.
 
-Run:  .venv/bin/python bench/submit_profile.py [--submits 300]
+Run:  .venv/bin/python bench/submit_profile.py [--submits 300] [--preflight]
 """
 
 from __future__ import annotations
@@ -67,12 +67,16 @@ def instrument() -> None:
     accept.claim_window = timed("  claim_window (send claim: 1 UPDATE … RETURNING)", accept.claim_window)
     Session.commit = timed("  commit", Session.commit)  # type: ignore[method-assign]
     CeleryDispatcher.enqueue = timed("  enqueue (LPUSH of the Celery message)", CeleryDispatcher.enqueue)
+    route.preflight = timed("  preflight (inputs' listings and headers; --preflight)", route.preflight)
     route.MergeJobPublic.of = timed("MergeJobPublic.of", route.MergeJobPublic.of)  # type: ignore[method-assign]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submits", type=int, default=300)
+    parser.add_argument(
+        "--preflight", action="store_true", help="submit-time checks on: a TA job over tiny local Llama checkpoints"
+    )
     args = parser.parse_args()
     from fastapi.testclient import TestClient
 
@@ -89,9 +93,18 @@ def main() -> None:
         database = postgres.create_database("profile")
         upgrade(database)
         with session_scope(database) as session:
-            key = create_api_key(session, ensure_tenant(session, "acme", ["s3://models/acme"]))
+            key = create_api_key(session, ensure_tenant(session, "acme", ["s3://models/acme", str(directory)]))
+        body = BODY
+        if args.preflight:  # every input's listing and safetensors header read, as a submit does in production
+            from tests.support.tiny_models import make_family
+
+            base, experts = make_family(directory / "models", "llama")
+            body = {**BODY, "base_model": str(base), "models": [{"model": str(e)} for e in experts]}
         limits = Limits(queued_jobs_per_tenant=10**8, running_jobs_per_tenant=10**8)
-        settings = Settings(database_url=database, broker_url=redis_server.url, preflight=False, limits=limits)
+        settings = Settings(
+            database_url=database, broker_url=redis_server.url, preflight=args.preflight, local_inputs=args.preflight,
+            cache_dir=directory / "cache", limits=limits,
+        )  # fmt: skip
         instrument()
         # one event loop for the whole run: without `with`, TestClient starts a loop thread per request (~3 ms)
         with TestClient(create_app(settings, CeleryDispatcher(redis_server.url))) as client:
@@ -99,7 +112,7 @@ def main() -> None:
 
             def submit() -> None:
                 response = client.post(
-                    "/v1/merge-jobs", json=BODY, headers={**headers, "Idempotency-Key": uuid.uuid4().hex}
+                    "/v1/merge-jobs", json=body, headers={**headers, "Idempotency-Key": uuid.uuid4().hex}
                 )
                 assert response.status_code == 202, response.text
 
@@ -128,7 +141,7 @@ def main() -> None:
             for _ in range(args.submits):
                 MergeJobCreate.model_validate(BODY)
             validation = (time.perf_counter() - started) / args.submits
-            report(args.submits, before, after, validation)
+            report(args, before, after, validation)
     finally:
         redis_server.stop()
         postgres.stop()
@@ -140,9 +153,10 @@ def thread_seconds(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def report(submits: int, before, after, validation: float) -> None:
+def report(args, before, after, validation: float) -> None:
+    submits = args.submits
     process, client, postgres, redis, wall = (b - a for a, b in zip(before, after))
-    print(f"\ncommand: python bench/submit_profile.py --submits {submits}")
+    print(f"\ncommand: python bench/submit_profile.py --submits {submits}{' --preflight' if args.preflight else ''}")
     print("| stage (handler thread; nested stages inclusive) | calls per submit | CPU ms | wall ms |")
     print("|---|---|---|---|")
     print(f"| request body validation (MergeJobCreate, measured apart) | 1 | {validation * 1e3:.2f} | |")

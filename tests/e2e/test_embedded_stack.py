@@ -30,6 +30,9 @@ def start_up(workdir: Path, port: int, allow: Sequence[Path] = ()) -> tuple[subp
     """`fdamerge up` in workdir (its own cache too: nothing depends on what an earlier test built); its
     key may merge from workdir and the folders in `allow`."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "FDA_CACHE_DIR": str(workdir / "cache")}
+    # no test stops `up` mid-job: its stop need not wait grace + 15 s (45 s by default) for a role whose
+    # warm shutdown has not ended (seen once jobs have run) before killing it
+    env["FDA_SHUTDOWN_GRACE_SECONDS"] = "2"
     for name in ("FDA_DATABASE_URL", "FDA_BROKER_URL", "FDA_STORAGE_URL"):
         env.pop(name, None)  # the embedded defaults
     log = open(workdir / "up.log", "w")
@@ -193,3 +196,7 @@ def test_fdamerge_up_restarts_a_worker_that_dies(up: Up) -> None:
         time.sleep(0.5)
     [second] = merge_workers()
     assert second.pid != first.pid and "restarting" in (up.workdir / "up.log").read_text()[logged:]
+    deadline = time.monotonic() + UP_DEADLINE  # … and it comes up: a worker stopped while still starting
+    while not re.search(r"merge@\S+ ready\.", (up.workdir / "up.log").read_text()[logged:]):  # held up 45 s
+        assert time.monotonic() < deadline, "the restarted merge worker never became ready"
+        time.sleep(0.5)

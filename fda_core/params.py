@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 class Params(BaseModel):
     """Method-wide parameters; subclasses add fields with the method's defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelParams(Params):

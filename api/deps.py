@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.streams import StreamHub
-from service.auth import Principal, Unauthorized, authenticate
+from service.auth import Principal, Unauthorized, authenticate, key_lookup
 from service.db import session_factory
 from service.limits import Busy
 from service.preflight import PreflightGate
@@ -76,12 +76,28 @@ PreflightGateDep = Annotated[PreflightGate, Depends(get_preflight_gate)]
 StreamHubDep = Annotated[StreamHub, Depends(get_stream_hub)]
 
 
-def get_principal(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> Principal:
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _presented(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("send 'Authorization: Bearer <API key>' (fdamerge keys create prints one)")
-    return authenticate(session, credentials.credentials.strip())
+    return credentials.credentials.strip()
+
+
+def get_principal(session: SessionDep, credentials: CredentialsDep) -> Principal:
+    return authenticate(session, _presented(credentials))
+
+
+async def get_presented_key(request: Request, credentials: CredentialsDep) -> str:
+    """The bearer key, shape-checked only: the submit verifies it in its first statement (service/accept.py),
+    a query and a thread hop fewer than `get_principal`. Kept on the request so that a 422 for its body is
+    answered only after the key is verified (api/problems.py): a bad key still answers 401 first."""
+    presented = _presented(credentials)
+    key_lookup(presented)
+    request.state.unverified_key = presented
+    return presented
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+PresentedKeyDep = Annotated[str, Depends(get_presented_key)]

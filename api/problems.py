@@ -7,6 +7,7 @@ import re
 import uuid
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,7 +15,8 @@ from starlette.exceptions import HTTPException
 
 from api.openapi import PROBLEM, TITLES
 from fda_core.errors import FdaMergeError
-from service.auth import Forbidden, Unauthorized
+from service.auth import Forbidden, Unauthorized, authenticate
+from service.db import session_scope
 from service.errors import Conflict, IdempotencyMismatch, InvalidRequest, LeaseLost, NotFound, ServiceError, Unavailable
 from service.limits import Busy, QuotaExceeded
 
@@ -66,6 +68,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        unauthorized = await _verify_deferred_key(request)
+        if unauthorized is not None:  # a bad key answers 401 before anything is said about the body
+            return problem(401, str(unauthorized), request.url.path, unauthorized.code)
         errors = [_item(e) for e in exc.errors()]
         detail = "; ".join(
             e["message"] if e["message"].startswith(f"{e['param']}: ") else f"{e['param']}: {e['message']}"
@@ -80,6 +85,24 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = "body_too_large" if exc.status_code == 413 else f"http_{exc.status_code}"
         return problem(exc.status_code, str(exc.detail), request.url.path, code, headers=exc.headers)
+
+
+async def _verify_deferred_key(request: Request) -> Unauthorized | None:
+    """A route that verifies its key in its own first statement (the submit: api/deps.get_presented_key)
+    never reached it when its request failed validation: the key is verified here, in a worker thread."""
+    presented = getattr(request.state, "unverified_key", None)
+    if presented is None:
+        return None
+
+    def verify() -> None:
+        with session_scope(request.app.state.settings.database_url) as session:
+            authenticate(session, presented)
+
+    try:
+        await to_thread.run_sync(verify)
+    except Unauthorized as exc:
+        return exc
+    return None
 
 
 FIELD_FIRST = re.compile(r"^((?:models\.\d+\.)?[a-z_]+(?:\.[A-Za-z0-9_]+)*): ")

@@ -58,7 +58,12 @@ def instrument() -> None:
     import service.accept as accept
     from service.queue import CeleryDispatcher
 
-    api.deps.authenticate = timed("authenticate (key + tenant: 1 query)", api.deps.authenticate)
+    if hasattr(route, "identify_submitter"):  # the key verified in the submit's first statement
+        route.identify_submitter = timed(
+            "identify_submitter (key + tenant + Idempotency-Key + quota: 1 query)", route.identify_submitter
+        )
+    else:  # before: a dependency of its own (and replay_and_queued below)
+        api.deps.authenticate = timed("authenticate (key + tenant: 1 query)", api.deps.authenticate)
     for name in ("policy_of", "check_submission"):
         setattr(route, name, timed(name, getattr(route, name)))
     route.accept_job = timed("accept_job (one transaction, then the send)", route.accept_job)

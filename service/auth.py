@@ -7,7 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, or_, select
 from sqlalchemy.orm import Session
@@ -104,10 +104,21 @@ def create_api_key(
 
 def authenticate(session: Session, presented: str) -> Principal:
     """The principal of a bearer key; Unauthorized for unknown, wrong, revoked or expired keys."""
+    row = session.execute(KEY_AND_TENANT, {"lookup": key_lookup(presented)}).first()  # one round trip, no ORM
+    return principal_of_row(row, presented)
+
+
+def key_lookup(presented: str) -> str:
+    """The lookup prefix of a key that has a key's shape (checked without the database); Unauthorized if not."""
     parts = presented.split("_")
     if len(parts) < 3 or parts[0] != KEY_PREFIX:
         raise Unauthorized("malformed API key")
-    row = session.execute(KEY_AND_TENANT, {"lookup": parts[1]}).first()  # one round trip, no ORM objects
+    return parts[1]
+
+
+def principal_of_row(row: Any, presented: str) -> Principal:
+    """The principal from a KEY_AND_TENANT row (None: no key with that lookup), checked against the key
+    as presented: its digest, revocation, expiry and the tenant's state."""
     if row is None or not hmac.compare_digest(row.sha256, _digest(presented)):
         raise Unauthorized("unknown API key")
     if row.revoked or (row.expires_at is not None and row.expires_at <= utcnow()):

@@ -10,11 +10,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from api.deps import DispatcherDep, PreflightGateDep, PrincipalDep, SessionDep, SettingsDep, StreamHubDep
+from api.deps import (
+    DispatcherDep,
+    PreflightGateDep,
+    PresentedKeyDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StreamHubDep,
+)
 from api.openapi import responses
 from api.schemas import ArtifactPublic, JobEventPublic, JobStatus, MergeJobCreate, MergeJobPublic, Page
 from api.streams import EventStreamResponse
-from service.accept import accept_job
+from service.accept import accept_job, identify_submitter
 from service.dispatch import check_queue_quota, dispatch
 from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, list_events, list_jobs, metrics_of
@@ -40,7 +48,7 @@ Limit = Annotated[int | None, Query(description="Page size: default 20, larger v
 @router.post("", status_code=202, response_model=MergeJobPublic, responses=responses(401, 403, 413, 422, 429, 503))
 def create_merge_job(
     body: MergeJobCreate,
-    principal: PrincipalDep,
+    presented_key: PresentedKeyDep,
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
@@ -48,6 +56,8 @@ def create_merge_job(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Accept a merge job (202). A replayed Idempotency-Key returns the job it created."""
+    submitter = identify_submitter(session, presented_key, idempotency_key)  # 401 first, as every route
+    principal = submitter.principal
     principal.require("jobs:write")
     policy = policy_of(settings, principal)
     check_submission(body, policy, settings)
@@ -58,7 +68,7 @@ def create_merge_job(
 
     job, created = accept_job(
         session, settings, dispatcher, principal.tenant_id, body, idempotency_key,
-        slow_checks if settings.preflight else None,
+        slow_checks if settings.preflight else None, submitter,
     )  # fmt: skip
     headers = {"Location": f"/v1/merge-jobs/{job.id}"}
     if not created:

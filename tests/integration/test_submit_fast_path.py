@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from service.accept import accept_job
+from service.accept import accept_job, identify_submitter
 from service.db import session_factory, session_scope
 from service.errors import IdempotencyMismatch
 from service.jobspec import JobSpec
@@ -139,3 +139,38 @@ def test_the_redis_message_is_the_one_send_task_writes(redis_server) -> None:
         assert message["properties"].pop("delivery_tag")
     assert json.dumps(fast).replace("mj_fast", "ID") == json.dumps(slow).replace("mj_slow", "ID")
     assert fast["body"] == [["mj_fast"], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+
+
+def test_the_submit_s_first_statement_reads_the_key_s_own_tenant_only(database_url: str) -> None:
+    """identify_submitter: the key verified, and the replay and quota of the key's tenant — another
+    tenant's job under the same Idempotency-Key is neither a replay nor counted (the subqueries are
+    correlated to the key's row, no tenant id comes from the request)."""
+    from service.auth import Unauthorized, create_api_key, ensure_tenant
+
+    with session_scope(database_url) as session:
+        acme, globex = ensure_tenant(session, "acme"), ensure_tenant(session, "globex")
+        acme_key, globex_key = create_api_key(session, acme), create_api_key(session, globex)
+        acme_id, globex_id = acme.id, globex.id
+    settings, recording = Settings(database_url=database_url), Recording()
+    for tenant_id, key in ((globex_id, "same"), (globex_id, "other"), (acme_id, "acme's own")):
+        session = session_factory(database_url)()
+        try:
+            accept_job(session, settings, recording, tenant_id, SPEC, key)
+        finally:
+            session.close()
+    earlier = job_by_key(database_url, globex_id, "same")
+    with session_scope(database_url) as session:
+        seen = identify_submitter(session, acme_key, "same")
+        assert (seen.principal.tenant_id, seen.earlier_id, seen.queued) == (acme_id, None, 1)
+        seen = identify_submitter(session, globex_key, "same")
+        assert (seen.principal.tenant_id, seen.earlier_id, seen.queued) == (globex_id, earlier, 2)
+        assert identify_submitter(session, globex_key, None).earlier_id is None
+        with pytest.raises(Unauthorized):
+            identify_submitter(session, acme_key[:-1] + ("x" if acme_key[-1] != "x" else "y"), None)
+
+
+def job_by_key(database_url: str, tenant_id: str, key: str) -> str:
+    with session_scope(database_url) as session:
+        return session.scalars(
+            select(MergeJob.id).where(MergeJob.tenant_id == tenant_id, MergeJob.idempotency_key == key)
+        ).one()

@@ -136,3 +136,28 @@ def test_keys_create_on_the_cli_can_grant_the_operator_scope(service: Service, s
     assert fdamerge(["keys", "create", "--tenant", "ops", "--scope", scope, "--database-url", url]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]
     assert service.client.get("/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_a_submit_verifies_its_key_as_the_database_has_it_now_bad_body_or_not(service: Service, llama) -> None:
+    """The submit verifies its key in its own first statement (service/accept.py), not in a dependency:
+    a key revoked from the CLI answers 401 at once, and a bad body or header sent with a bad key answers
+    401, never 422 (the validation handler verifies the key first)."""
+    base, experts = llama
+    good = ta_body(str(base), [str(e) for e in experts])
+    bad = {**good, "method": 7}
+    admin = service.headers("acme_admin")
+    made = service.client.post("/v1/api-keys", json={}, headers=admin).json()
+    probe = {"Authorization": f"Bearer {made['key']}"}
+    assert service.client.post("/v1/merge-jobs", json=good, headers=probe).status_code == 202
+    assert_problem(service.client.post("/v1/merge-jobs", json=bad, headers=probe), 422, "invalid_request")
+    assert fdamerge(["keys", "revoke", made["id"], "--database-url", service.settings.database_url]) == 0
+    assert_problem(service.client.post("/v1/merge-jobs", json=good, headers=probe), 401, "unauthorized")
+    assert_problem(service.client.post("/v1/merge-jobs", json=bad, headers=probe), 401, "unauthorized")
+    bad_header = {**probe, "Idempotency-Key": "two words"}  # outside the header's pattern: 422 for a good key
+    assert_problem(service.client.post("/v1/merge-jobs", json=good, headers=bad_header), 401, "unauthorized")
+    assert_problem(service.submit(good, **{"Idempotency-Key": "two words"}), 422, "invalid_request")
+    unknown = {"Authorization": "Bearer fdm_000000000000_nope"}
+    assert_problem(service.client.post("/v1/merge-jobs", json=bad, headers=unknown), 401, "unauthorized")
+    malformed = {"Authorization": "Bearer not-a-key"}
+    assert_problem(service.client.post("/v1/merge-jobs", json=bad, headers=malformed), 401, "unauthorized")
+    assert_problem(service.client.post("/v1/merge-jobs", json=bad), 401, "unauthorized")

@@ -8,7 +8,9 @@ Also measured over the same window: CPU per accepted submit of the API processes
 Redis (from /proc), and the latency of /healthz, GET of one job and a list page from one probe
 client; with --streams N, N event streams held open on a queued job throughout.
 
-Run:  .venv/bin/python bench/api_load.py [--clients 50] [--seconds 30] [--api-workers 1] [--streams 500]
+Run:  .venv/bin/python bench/api_load.py [--clients 50] [--seconds 30] [--api-workers 1] [--streams 500] [--tenants 1]
+(--tenants N: the clients submit for N tenants, round-robin; one tenant, the default, queues everything
+in one tenant's queue, which a shared service's per-tenant quotas would not allow)
 (needs PostgreSQL and Redis binaries: bash scripts/setup.sh test installs them)
 """
 
@@ -93,8 +95,9 @@ async def _drain(reader: asyncio.StreamReader) -> None:
 
 
 async def load(
-    url: str, key: str, clients: int, seconds: float, streams: int, cpu: Callable[[], dict[str, float]]
+    url: str, keys: list[str], clients: int, seconds: float, streams: int, cpu: Callable[[], dict[str, float]]
 ) -> tuple[list[float], dict, list[str], float, dict[str, list[float]], dict[str, float]]:
+    key = keys[0]  # the probe's and the streams' tenant
     latencies: list[float] = []
     codes: dict[int, int] = {}
     accepted: list[str] = []
@@ -108,7 +111,7 @@ async def load(
     stop_at = started + seconds
     await asyncio.gather(
         probe(url, key, watched, stop_at, probes),
-        *(client(url, key, stop_at, latencies, codes, accepted) for _ in range(clients)),
+        *(client(url, keys[i % len(keys)], stop_at, latencies, codes, accepted) for i in range(clients)),
     )
     elapsed = time.monotonic() - started
     after = cpu()
@@ -172,6 +175,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--api-workers", type=int, default=1)
     parser.add_argument("--streams", type=int, default=0, help="event streams held open on a queued job meanwhile")
+    parser.add_argument("--tenants", type=int, default=1, help="tenants the clients submit for, round-robin")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="fda-load-"))
     os.chmod(directory, 0o755)
@@ -182,7 +186,8 @@ def main() -> None:
         database = postgres.create_database("load")
         upgrade(database)
         with session_scope(database) as session:
-            key = create_api_key(session, ensure_tenant(session, "acme", ["s3://models/acme"]))
+            names = ["acme", *(f"acme-{i}" for i in range(1, args.tenants))]
+            keys = [create_api_key(session, ensure_tenant(session, name, ["s3://models/acme"])) for name in names]
         port = free_port()
         env = {
             **os.environ, "FDA_DATABASE_URL": database, "FDA_BROKER_URL": redis_server.url, "FDA_PREFLIGHT": "false",
@@ -198,7 +203,7 @@ def main() -> None:
         wait_healthy(url)
         cpu = cpu_reader(api.pid, directory / "pg", redis_server.pidfile)
         latencies, codes, accepted, elapsed, probes, used = asyncio.run(
-            load(url, key, args.clients, args.seconds, args.streams, cpu)
+            load(url, keys, args.clients, args.seconds, args.streams, cpu)
         )
         # the watched job is on the queue too
         in_database, enqueued = count_in_database(database, accepted), queued_messages(redis_server.url) - 1
@@ -220,7 +225,7 @@ def report(args, latencies, codes, accepted, elapsed, in_database: int, enqueued
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     print(
         f"\ncommand: python bench/api_load.py --clients {args.clients} --seconds {args.seconds:g} "
-        f"--api-workers {args.api_workers} --streams {args.streams}"
+        f"--api-workers {args.api_workers} --streams {args.streams} --tenants {args.tenants}"
     )
     print(
         "| clients | requests | requests/s | p50 ms | p90 ms | p99 ms | max ms | status codes | accepted in DB | enqueued |"

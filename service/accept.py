@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import BindParameter, Table, bindparam, func, insert, literal, select
+from sqlalchemy import BindParameter, ColumnElement, ScalarSelect, Table, bindparam, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,20 +44,21 @@ INSERT_JOB, INSERT_EVENT = insert(JOBS), insert(EVENTS)
 @dataclass(frozen=True)
 class Submitter:
     """Who submits, as the database has them now, and what their submit meets: the job an earlier
-    request with the same Idempotency-Key created, and how many jobs the tenant has queued."""
+    request with the same Idempotency-Key created, and whether the tenant's queue is at its quota."""
 
     principal: Principal
     earlier_id: str | None
-    queued: int
+    at_quota: bool
 
 
-def identify_submitter(session: Session, presented_key: str, idempotency_key: str | None) -> Submitter:
+def identify_submitter(session: Session, presented_key: str, idempotency_key: str | None, quota: int) -> Submitter:
     """The submit's first statement: its key verified (Unauthorized as `authenticate`), the replay and the
-    quota count, in one round trip."""
-    row = session.execute(SUBMITTER, {"lookup": key_lookup(presented_key), "key": idempotency_key}).first()
+    tenant's queue at its `quota` or not, in one round trip."""
+    bound = {"lookup": key_lookup(presented_key), "key": idempotency_key, "quota": quota}
+    row = session.execute(SUBMITTER, bound).first()
     principal = principal_of_row(row, presented_key)  # Unauthorized when there is no row
     assert row is not None
-    return Submitter(principal, row.earlier_id, int(row.queued or 0))
+    return Submitter(principal, row.earlier_id, row.at_quota is not None)
 
 
 def accept_job(
@@ -73,16 +74,16 @@ def accept_job(
     """Returns (job, created): a new queued job (committed, and sent if it fits its tenant's window), or
     the job this Idempotency-Key created. `slow_checks` (preflight) runs with no transaction open.
     `submitter`: the replay and quota as `identify_submitter` read them in this transaction (else read here)."""
-    digest = spec.digest()
+    digest, limit = spec.digest(), settings.limits.queued_jobs_per_tenant
     if submitter is None:
-        earlier_id, queued = replay_and_queued(session, tenant_id, idempotency_key)
+        earlier_id, full = replay_and_queued(session, tenant_id, idempotency_key, limit)
     else:
-        earlier_id, queued = submitter.earlier_id, submitter.queued
+        earlier_id, full = submitter.earlier_id, submitter.at_quota
     if earlier_id is not None:
         return _replay(session, settings, dispatcher, tenant_id, earlier_id, digest), False
     limit = settings.limits.queued_jobs_per_tenant
-    if queued >= limit:
-        raise QuotaExceeded(f"this tenant has {queued} queued jobs; wait for some to start", "queued_jobs_per_tenant")
+    if full:
+        raise QuotaExceeded(f"this tenant has {limit} queued jobs; wait for some to start", "queued_jobs_per_tenant")
     if slow_checks is not None:
         session.rollback()  # no transaction stays open during the slow part
         slow_checks()
@@ -95,7 +96,7 @@ def accept_job(
         session.rollback()
         if idempotency_key is None:
             raise
-        earlier_id, _ = replay_and_queued(session, tenant_id, idempotency_key)
+        earlier_id, _ = replay_and_queued(session, tenant_id, idempotency_key, limit)
         if earlier_id is None:
             raise
         return _replay(session, settings, dispatcher, tenant_id, earlier_id, digest), False
@@ -103,20 +104,31 @@ def accept_job(
     return job, True
 
 
-def replay_and_queued(session: Session, tenant_id: str, key: str | None) -> tuple[str | None, int]:
-    """(the job an earlier request with this key created, the tenant's queued jobs) in one round trip."""
+def replay_and_queued(session: Session, tenant_id: str, key: str | None, quota: int) -> tuple[str | None, bool]:
+    """(the job an earlier request with this key created, whether the tenant has `quota` queued jobs
+    already) in one round trip."""
     if key is None:
-        return None, int(session.scalar(QUEUED, {"tenant_id": tenant_id}) or 0)
-    found, count = session.execute(REPLAY_AND_QUEUED, {"tenant_id": tenant_id, "key": key}).one()
-    return found, int(count or 0)
+        return None, session.scalar(AT_QUOTA, {"tenant_id": tenant_id, "quota": quota}) is not None
+    found, full = session.execute(REPLAY_AND_QUEUED, {"tenant_id": tenant_id, "key": key, "quota": quota}).one()
+    return found, full is not None
 
 
 _TENANT: BindParameter[str] = bindparam("tenant_id")
-_QUEUED = select(func.count()).where(JOBS.c.tenant_id == _TENANT, JOBS.c.status == "queued").scalar_subquery()
-QUEUED = select(_QUEUED)
+
+
+def at_quota(tenant: ColumnElement[str]) -> ScalarSelect[int]:
+    """1 when the tenant has at least `quota` (a parameter) queued jobs, else NULL: the `quota`-th queued
+    row, so the check reads at most that many rows however long the queue (a count scanned all of them).
+    A scalar subquery, so `tenant` may be an outer query's column (a derived table would not correlate)."""
+    queued = select(literal(1)).where(JOBS.c.tenant_id == tenant, JOBS.c.status == "queued")
+    return queued.offset(bindparam("quota") - 1).limit(1).scalar_subquery()
+
+
+_AT_QUOTA = at_quota(_TENANT)
+AT_QUOTA = select(_AT_QUOTA)
 REPLAY_AND_QUEUED = select(
     select(JOBS.c.id).where(JOBS.c.tenant_id == _TENANT, JOBS.c.idempotency_key == bindparam("key")).scalar_subquery(),
-    _QUEUED,
+    _AT_QUOTA,
 )  # statements built once: constructing an expression costs more than running it
 
 
@@ -125,10 +137,7 @@ def _submitter_statement():
     is taken from the request). A None Idempotency-Key matches no job (`= NULL` is never true)."""
     tenant = KEY_AND_TENANT.selected_columns.tenant_id
     earlier = select(JOBS.c.id).where(JOBS.c.tenant_id == tenant, JOBS.c.idempotency_key == bindparam("key"))
-    queued = select(func.count()).where(JOBS.c.tenant_id == tenant, JOBS.c.status == "queued")
-    return KEY_AND_TENANT.add_columns(
-        earlier.scalar_subquery().label("earlier_id"), queued.scalar_subquery().label("queued")
-    )
+    return KEY_AND_TENANT.add_columns(earlier.scalar_subquery().label("earlier_id"), at_quota(tenant).label("at_quota"))
 
 
 SUBMITTER = _submitter_statement()

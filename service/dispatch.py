@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import bindparam, case, func, or_, select, update
+from sqlalchemy import bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.clock import db_now
 from service.db import session_scope
 from service.jobs import ACTIVE, claim_sends, unmark_sent
 from service.limits import QuotaExceeded
-from service.models import MergeJob
+from service.models import QUEUED, MergeJob
 from service.queue import Dispatcher
 from service.settings import Settings
 
@@ -39,13 +39,13 @@ def next_to_send(session: Session, tenant_id: str, window: int) -> list[str]:
     if free <= 0:
         return []
     waiting = select(MergeJob.id).where(
-        MergeJob.tenant_id == tenant_id, MergeJob.status == "queued", MergeJob.enqueued_at.is_(None)
+        MergeJob.tenant_id == tenant_id, MergeJob.status == QUEUED, MergeJob.enqueued_at.is_(None)
     )
     return list(session.scalars(waiting.order_by(MergeJob.created_at, MergeJob.id).limit(free)))
 
 
 def waiting_tenants(session: Session) -> list[str]:
-    query = select(MergeJob.tenant_id).where(MergeJob.status == "queued", MergeJob.enqueued_at.is_(None))
+    query = select(MergeJob.tenant_id).where(MergeJob.status == QUEUED, MergeJob.enqueued_at.is_(None))
     return sorted(set(session.scalars(query.distinct())))
 
 
@@ -73,19 +73,21 @@ def claim_window(session: Session, tenant_id: str, window: int) -> list[str]:
 
 
 def _claim_window_statement():  # built once: constructing the expression costs more than running it
-    jobs, tenant = MergeJob.__table__.c, bindparam("for_tenant")
+    jobs, tenant, window = MergeJob.__table__.c, bindparam("for_tenant"), bindparam("window")
     sent = (jobs.status == "queued") & jobs.enqueued_at.is_not(None)
-    busy = select(func.count()).where(jobs.tenant_id == tenant, or_(jobs.status.in_(ACTIVE), sent))
-    free = bindparam("window") - busy.scalar_subquery()
-    waiting = (
+    # the tenant's jobs in flight, counted up to the window only (never more rows than the window is wide):
+    # so `free` is never negative, and its one reference is one scan
+    in_flight = select(literal(1)).where(jobs.tenant_id == tenant, or_(jobs.status.in_(ACTIVE), sent)).limit(window)
+    free = window - select(func.count()).select_from(in_flight.subquery()).scalar_subquery()
+    waiting = (  # the partial index ix_merge_jobs_waiting holds exactly these rows, in this order
         select(jobs.id)
-        .where(jobs.tenant_id == tenant, jobs.status == "queued", jobs.enqueued_at.is_(None))
+        .where(jobs.tenant_id == tenant, jobs.status == QUEUED, jobs.enqueued_at.is_(None))
         .order_by(jobs.created_at, jobs.id)
-        .limit(case((free > 0, free), else_=0))  # SQLite reads a negative LIMIT as none
+        .limit(free)
     )
     return (
         update(MergeJob.__table__)
-        .where(jobs.id.in_(waiting), jobs.status == "queued", jobs.enqueued_at.is_(None))
+        .where(jobs.id.in_(waiting), jobs.status == QUEUED, jobs.enqueued_at.is_(None))
         .values(enqueued_at=db_now())
         .returning(jobs.id, jobs.created_at)
     )

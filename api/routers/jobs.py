@@ -56,7 +56,8 @@ def create_merge_job(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Accept a merge job (202). A replayed Idempotency-Key returns the job it created."""
-    submitter = identify_submitter(session, presented_key, idempotency_key)  # 401 first, as every route
+    quota = settings.limits.queued_jobs_per_tenant
+    submitter = identify_submitter(session, presented_key, idempotency_key, quota)  # 401 first, as every route
     principal = submitter.principal
     principal.require("jobs:write")
     policy = policy_of(settings, principal)

@@ -10,6 +10,8 @@ addition and gloss tasks, and the share of each expert's loss gain over the base
 keeps. Paired bootstrap over held-out windows; wall time and peak RSS of each merge command.
 
 Run:  .venv/bin/python bench/quality_llm.py [--seed 0] [--part experts|full|lora|service|mergekit|all] [--threads 2]
+      .venv/bin/python bench/quality_llm.py --part pooled --seeds 0,1 [--kind full]   # kept results, over seeds
+      [--only "TIES,Iso-CTS,FDA (TSV, FFN only)"]   # just these rows (grid roles or FDA labels)
 """
 
 from __future__ import annotations
@@ -130,10 +132,8 @@ def kept(outcome: Outcome, refs: dict[str, Outcome], names: list[str]) -> float:
     return sum(refs["base"].mean_loss(n) - outcome.mean_loss(n) for n in names) / sum(gap.values())
 
 
-def bootstrap_kept(
-    ours: Outcome, other: Outcome, gap: dict[str, float], rounds: int = 2000
-) -> tuple[float, float, float]:
-    """Δ pooled kept share (ours − other), with its 95 % paired bootstrap over held-out windows per domain."""
+def kept_draws(ours: Outcome, other: Outcome, gap: dict[str, float], rounds: int = 2000) -> tuple[float, torch.Tensor]:
+    """Δ pooled kept share (ours − other) and its paired bootstrap draws over held-out windows per domain."""
     generator = torch.Generator().manual_seed(0)
     draws, point, total = torch.zeros(rounds), 0.0, sum(gap.values())
     for name in gap:
@@ -141,6 +141,14 @@ def bootstrap_kept(
         point += float(diff.mean())
         index = torch.randint(len(diff), (rounds, len(diff)), generator=generator)
         draws += diff[index].mean(1)
+    return point, draws
+
+
+def bootstrap_kept(
+    ours: Outcome, other: Outcome, gap: dict[str, float], rounds: int = 2000
+) -> tuple[float, float, float]:
+    """Δ pooled kept share (ours − other), with its 95 % paired bootstrap over held-out windows per domain."""
+    point, draws = kept_draws(ours, other, gap, rounds)
     return point, float(draws.quantile(0.025)), float(draws.quantile(0.975))
 
 
@@ -188,7 +196,12 @@ def fda_table_rows(bench: LlmBench, kind: str, fda: dict[str, dict[str, Any]]) -
     return rows
 
 
-def run_kind(bench: LlmBench, kind: str, grids: tuple[Grid, ...], fda: dict[str, dict[str, Any]]) -> None:
+def run_kind(
+    bench: LlmBench, kind: str, grids: tuple[Grid, ...], fda: dict[str, dict[str, Any]], only: set[str] | None = None
+) -> None:
+    if only is not None:
+        grids = tuple(g for g in grids if g.role in only)
+        fda = {label: parameters for label, parameters in fda.items() if label in only}
     refs = references(bench, kind)
     rows: list[Row] = [("base", "", refs["base"]), ("experts", "each on its own", refs["expert"])]
     # The mergekit users' methods and FDA's main rows first, so that a run cut short still compares them.
@@ -196,6 +209,34 @@ def run_kind(bench: LlmBench, kind: str, grids: tuple[Grid, ...], fda: dict[str,
     rows += grid_rows(bench, kind, grids[:3]) + fda_table_rows(bench, kind, dict(fda_items[:2]))
     rows += grid_rows(bench, kind, grids[3:]) + fda_table_rows(bench, kind, dict(fda_items[2:]))
     table(bench, kind, refs, rows)
+
+
+def pooled(seeds: list[int], kind: str, threads: int) -> None:
+    """The rows kept for every seed: kept per seed, the mean and spread, and Δ kept against TIES pooled
+    over seeds (each seed's windows resampled on their own, the seeds' Δs averaged: a paired bootstrap
+    that a seed where a method lost cannot hide in)."""
+    runs = []
+    for seed in seeds:
+        bench = LlmBench(seed, Budget(threads=threads), cached_only=True)
+        refs = references(bench, kind)
+        rows = grid_rows(bench, kind, GRIDS) + fda_table_rows(bench, kind, FDA_ROWS)
+        runs.append((gaps(refs, bench.names), refs, bench.names, {role: outcome for role, _, outcome in rows}))
+    common = [role for role in runs[0][3] if all(role in run[3] for run in runs)]
+    if "TIES default" not in common:
+        raise SystemExit(f"TIES default is not kept for every seed of {seeds}: nothing to compare against")
+    head = ["method", *(f"kept seed {s}" for s in seeds), "mean", "spread", "Δ kept vs TIES, pooled, 95 % CI"]
+    head += [f"Δ seed {s}" for s in seeds]
+    print(f"\n{kind} experts over seeds {', '.join(map(str, seeds))}\n")
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for role in common:
+        shares = [kept(run[3][role], run[1], run[2]) for run in runs]
+        deltas = [kept_draws(run[3][role], run[3]["TIES default"], run[0]) for run in runs]
+        draws = torch.stack([d for _, d in deltas]).mean(0)
+        point = statistics.mean(p for p, _ in deltas)
+        interval = f"{point:+.3f} [{float(draws.quantile(0.025)):+.3f}, {float(draws.quantile(0.975)):+.3f}]"
+        cells = [role, *(f"{k:+.3f}" for k in shares), f"{statistics.mean(shares):+.3f}"]
+        cells += [f"{max(shares) - min(shares):.3f}", interval, *(f"{p:+.3f}" for p, _ in deltas)]
+        print("| " + " | ".join(cells) + " |")
 
 
 SERVICE_METHOD, SERVICE_PARAMETERS = "task_arithmetic", {"lambda": 0.5}
@@ -222,21 +263,48 @@ def mergekit_table(bench: LlmBench) -> None:
         print(f"| {method} | {tool} | {wall:.1f} | {rss:.2f} | {worst:.2e} |")
 
 
+def _only_rows(spec: str | None) -> set[str] | None:
+    """The rows named in --only: split at the commas outside parentheses (FDA labels hold commas)."""
+    if spec is None:
+        return None
+    rows, depth, part = set(), 0, ""
+    for char in spec + ",":
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            rows.add(part.strip())
+            part = ""
+        else:
+            part += char
+    known = {g.role for g in GRIDS} | set(FDA_ROWS)
+    if rows - {""} - known:
+        raise SystemExit(f"--only: unknown rows {sorted(rows - known)}; rows: {sorted(known)}")
+    return rows - {""}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--part", choices=["experts", "full", "lora", "service", "mergekit", "all"], default="all")
+    parser.add_argument(
+        "--part", choices=["experts", "full", "lora", "service", "mergekit", "pooled", "all"], default="all"
+    )
+    parser.add_argument("--seeds", default="0,1", help="--part pooled: the seeds whose kept results are pooled")
+    parser.add_argument("--kind", choices=KINDS, default="full", help="--part pooled: which experts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cached", action="store_true", help="print the tables from kept results only, merge nothing")
+    parser.add_argument("--only", help="comma-separated rows to run: grid roles (TIES, Iso-CTS, ...) or FDA labels")
     args = parser.parse_args()
+    only = _only_rows(args.only)
     torch.set_num_threads(args.threads)
+    if args.part == "pooled":
+        pooled([int(seed) for seed in args.seeds.split(",")], args.kind, args.threads)
+        return
     bench = LlmBench(args.seed, Budget(threads=args.threads), cached_only=args.cached)
     experts(bench, KINDS if args.part in ("experts", "all") else ("lora",) if args.part == "lora" else ("full",))
     if args.part in ("full", "all"):
-        run_kind(bench, "full", GRIDS, FDA_ROWS)
+        run_kind(bench, "full", GRIDS, FDA_ROWS, only)
     if args.part in ("lora", "all"):  # the mergekit users' methods and FDA's default refinement
         lora_grids = tuple(g for g in GRIDS if g.role in ("TA", "TIES", "DARE-TIES", "TSV"))
-        run_kind(bench, "lora", lora_grids, {k: v for k, v in FDA_ROWS.items() if "TSV, full" in k})
+        run_kind(bench, "lora", lora_grids, {k: v for k, v in FDA_ROWS.items() if "TSV, full" in k}, only)
     if args.part in ("service", "all"):  # the full fine-tunes; adapters take the same path (tests/integration)
         through_the_service(bench, "full")
     if args.part in ("mergekit", "all"):

@@ -18,6 +18,7 @@ from pathlib import Path
 STDLIB = Path("/usr/lib/python3.11")
 GERMAN_FORTUNES = Path("/usr/share/games/fortunes/de")
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
+PACKAGES = {"fortunes-de": GERMAN_FORTUNES, "wordnet-base": WORDNET_NOUNS}  # Debian package: what it installs
 DOMAINS = ("python", "german", "arithmetic", "wordnet")
 
 
@@ -96,4 +97,7 @@ def wordnet_glosses(seed: int) -> Domain:
 
 
 def domains(seed: int) -> list[Domain]:
+    missing = [package for package, path in PACKAGES.items() if not path.exists()]
+    if missing:
+        raise SystemExit(f"the benchmark's data: apt-get install {' '.join(missing)}")
     return [python_source(seed), german_fortunes(seed), arithmetic(seed), wordnet_glosses(seed)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
@@ -32,11 +33,13 @@ async def get_app_settings(request: Request) -> Settings:
 SESSION_WAIT_SECONDS = 10.0
 
 
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    """The request's session; at most `db_pool_size` requests hold one at a time. A request waits for its
-    turn here, on the event loop, never in a worker thread: requests holding a connection between their
-    dependency and their endpoint used to wait for a thread while every thread waited for a connection
-    (100 concurrent reads: 80 answered 500 after the pool's 30 s). Past SESSION_WAIT_SECONDS: 503."""
+@asynccontextmanager
+async def database_slot(request: Request) -> AsyncIterator[None]:
+    """One of the `db_pool_size` turns at the database this API process allows at a time. A request waits
+    for its turn here, on the event loop, never in a worker thread: requests holding a connection between
+    their dependency and their endpoint used to wait for a thread while every thread waited for a
+    connection (100 concurrent reads: 80 answered 500 after the pool's 30 s). Past SESSION_WAIT_SECONDS:
+    Busy (503)."""
     state = request.app.state
     if getattr(state, "session_gate", None) is None:
         state.session_gate = asyncio.Semaphore(state.settings.db_pool_size)
@@ -45,7 +48,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     if waited.cancelled_caught:
         raise Busy("every database connection of this API process is in use; retry shortly")
     try:
-        session = session_factory(state.settings.database_url)()
+        yield
+    finally:
+        state.session_gate.release()
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session, in one of the process's database turns (`database_slot`)."""
+    async with database_slot(request):
+        session = session_factory(request.app.state.settings.database_url)()
         try:
             yield session
         finally:
@@ -53,8 +64,6 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
                 await to_thread.run_sync(session.close)
             else:  # nothing open (a submit commits its own): closing touches no connection, no thread needed
                 session.close()
-    finally:
-        state.session_gate.release()
 
 
 async def get_dispatcher(request: Request) -> Dispatcher:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from api.deps import database_slot
 from api.openapi import PROBLEM, TITLES
 from fda_core.errors import FdaMergeError
 from service.auth import Forbidden, Unauthorized, authenticate
@@ -68,9 +69,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        unauthorized = await _verify_deferred_key(request)
+        try:
+            unauthorized = await _verify_deferred_key(request)
+        except Busy as busy:
+            return problem(503, str(busy), request.url.path, busy.code, param=None)
         if unauthorized is not None:  # a bad key answers 401 before anything is said about the body
-            return problem(401, str(unauthorized), request.url.path, unauthorized.code)
+            return problem(401, str(unauthorized), request.url.path, unauthorized.code, param=None)
         errors = [_item(e) for e in exc.errors()]
         detail = "; ".join(
             e["message"] if e["message"].startswith(f"{e['param']}: ") else f"{e['param']}: {e['message']}"
@@ -89,7 +93,8 @@ def install(app: FastAPI) -> None:
 
 async def _verify_deferred_key(request: Request) -> Unauthorized | None:
     """A route that verifies its key in its own first statement (the submit: api/deps.get_presented_key)
-    never reached it when its request failed validation: the key is verified here, in a worker thread."""
+    never reached it when its request failed validation: the key is verified here, in a worker thread, in
+    one of the process's database turns like any request's session (Busy past the wait)."""
     presented = getattr(request.state, "unverified_key", None)
     if presented is None:
         return None
@@ -99,7 +104,8 @@ async def _verify_deferred_key(request: Request) -> Unauthorized | None:
             authenticate(session, presented)
 
     try:
-        await to_thread.run_sync(verify)
+        async with database_slot(request):
+            await to_thread.run_sync(verify)
     except Unauthorized as exc:
         return exc
     return None

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import BindParameter, ColumnElement, ScalarSelect, Table, bindparam, insert, literal, select
+from sqlalchemy import BindParameter, ColumnElement, ScalarSelect, Table, bindparam, case, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.auth import KEY_AND_TENANT, Principal, key_lookup, principal_of_row
+from service.auth import KEY_AND_TENANT, Principal, key_digest, key_lookup, principal_of_row
 from service.dispatch import claim_window, send_claimed
 from service.errors import IdempotencyMismatch
 from service.ids import new_id
@@ -54,7 +54,8 @@ class Submitter:
 def identify_submitter(session: Session, presented_key: str, idempotency_key: str | None, quota: int) -> Submitter:
     """The submit's first statement: its key verified (Unauthorized as `authenticate`), the replay and the
     tenant's queue at its `quota` or not, in one round trip."""
-    bound = {"lookup": key_lookup(presented_key), "key": idempotency_key, "quota": quota}
+    lookup, digest = key_lookup(presented_key), key_digest(presented_key)
+    bound = {"lookup": lookup, "digest": digest, "key": idempotency_key, "quota": quota}
     row = session.execute(SUBMITTER, bound).first()
     principal = principal_of_row(row, presented_key)  # Unauthorized when there is no row
     assert row is not None
@@ -133,11 +134,17 @@ REPLAY_AND_QUEUED = select(
 
 
 def _submitter_statement():
-    """KEY_AND_TENANT with the replay and the quota count of the key's own tenant (correlated: no tenant id
-    is taken from the request). A None Idempotency-Key matches no job (`= NULL` is never true)."""
-    tenant = KEY_AND_TENANT.selected_columns.tenant_id
+    """KEY_AND_TENANT with the replay and the at-quota check of the key's own tenant (correlated: no tenant
+    id is taken from the request), read only when the presented key's digest is the row's: a key that
+    merely shares a (public) lookup prefix learns nothing of the tenant's jobs, not even by timing. A None
+    Idempotency-Key matches no job (`= NULL` is never true)."""
+    columns = KEY_AND_TENANT.selected_columns
+    tenant, genuine = columns.tenant_id, columns.sha256 == bindparam("digest")
     earlier = select(JOBS.c.id).where(JOBS.c.tenant_id == tenant, JOBS.c.idempotency_key == bindparam("key"))
-    return KEY_AND_TENANT.add_columns(earlier.scalar_subquery().label("earlier_id"), at_quota(tenant).label("at_quota"))
+    return KEY_AND_TENANT.add_columns(
+        case((genuine, earlier.scalar_subquery())).label("earlier_id"),
+        case((genuine, at_quota(tenant))).label("at_quota"),
+    )
 
 
 SUBMITTER = _submitter_statement()

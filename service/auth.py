@@ -94,7 +94,7 @@ def create_api_key(
     plaintext = f"{KEY_PREFIX}_{lookup}_{secret}"
     session.add(
         ApiKey(
-            id=new_id("key"), tenant_id=tenant.id, lookup=lookup, sha256=_digest(plaintext), scopes=wanted,
+            id=new_id("key"), tenant_id=tenant.id, lookup=lookup, sha256=key_digest(plaintext), scopes=wanted,
             expires_at=expires_at,
         )
     )  # fmt: skip
@@ -119,7 +119,7 @@ def key_lookup(presented: str) -> str:
 def principal_of_row(row: Any, presented: str) -> Principal:
     """The principal from a KEY_AND_TENANT row (None: no key with that lookup), checked against the key
     as presented: its digest, revocation, expiry and the tenant's state."""
-    if row is None or not hmac.compare_digest(row.sha256, _digest(presented)):
+    if row is None or not hmac.compare_digest(row.sha256, key_digest(presented)):
         raise Unauthorized("unknown API key")
     if row.revoked or (row.expires_at is not None and row.expires_at <= utcnow()):
         raise Unauthorized("API key revoked or expired")
@@ -139,7 +139,7 @@ KEY_AND_TENANT = (  # Core columns, built once: no ORM entities to load, nothing
 )  # fmt: skip
 
 
-def _digest(plaintext: str) -> str:
+def key_digest(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 

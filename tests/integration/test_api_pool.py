@@ -7,6 +7,7 @@ answers 503 `busy` with Retry-After."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -67,3 +68,44 @@ def test_a_request_that_cannot_get_a_session_in_time_answers_503_busy(
     answer = asyncio.run(with_every_session_taken())
     assert answer.status_code == 503 and answer.json()["code"] == "busy", answer.text
     assert answer.headers["Retry-After"] and "database" in answer.json()["detail"]
+
+
+def test_a_bad_body_s_key_check_takes_a_database_turn_like_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit's key is verified in its own statement; a submit whose body fails validation never gets
+    there, so the validation handler verifies the key (401 before 422) — in one of the process's
+    database turns, like any request's session (its own turn was given back before the handler runs):
+    without that, anyone sending key-shaped tokens with bad bodies held as many connections at once as
+    there are threads."""
+    import api.problems
+
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgrade(url)
+    app = create_app(Settings(database_url=url, preflight=False, db_pool_size=1), RecordingDispatcher())
+    lock, running, most = threading.Lock(), [0], [0]
+    real = api.problems.authenticate
+
+    def slow_authenticate(session, presented):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.1)
+            return real(session, presented)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(api.problems, "authenticate", slow_authenticate)
+    unknown = {"Authorization": "Bearer fdm_000000000000_nope"}
+
+    async def twelve_bad_bodies() -> Counter:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            answers = await asyncio.gather(
+                *[client.post("/v1/merge-jobs", headers=unknown, json={"method": 7}) for _ in range(12)]
+            )
+        return Counter(a.status_code for a in answers)
+
+    assert asyncio.run(twelve_bad_bodies()) == Counter({401: 12})
+    assert most[0] == 1, most  # was 12: one connection per request at once, past the process's limit

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from service.accept import accept_job, identify_submitter
+from service.accept import SUBMITTER, accept_job, identify_submitter
 from service.db import session_factory, session_scope
 from service.errors import IdempotencyMismatch
 from service.jobspec import JobSpec
@@ -168,6 +168,9 @@ def test_the_submit_s_first_statement_reads_the_key_s_own_tenant_only(database_u
         assert identify_submitter(session, globex_key, None, 3).earlier_id is None
         assert not identify_submitter(session, globex_key, None, 3).at_quota
         assert identify_submitter(session, acme_key, None, 1).at_quota
+        forged = {"lookup": globex_key.split("_")[1], "digest": "0" * 64, "key": "same", "quota": 1}
+        row = session.execute(SUBMITTER, forged).one()  # the right prefix, not the key: nothing of its jobs read
+        assert (row.earlier_id, row.at_quota) == (None, None)
         with pytest.raises(Unauthorized):
             identify_submitter(session, acme_key[:-1] + ("x" if acme_key[-1] != "x" else "y"), None, 100)
 

@@ -10,7 +10,7 @@ addition and gloss tasks, and the share of each expert's loss gain over the base
 keeps. Paired bootstrap over held-out windows; wall time and peak RSS of each merge command.
 
 Run:  .venv/bin/python bench/quality_llm.py [--seed 0] [--part experts|full|lora|service|mergekit|all] [--threads 2]
-      .venv/bin/python bench/quality_llm.py --part pooled --seeds 0,1 [--kind full]   # kept results, over seeds
+      .venv/bin/python bench/quality_llm.py --part pooled --seeds 0,1 [--kind full] [--against "TSV default"]
       [--only "TIES,Iso-CTS,FDA (TSV, FFN only)"]   # just these rows (grid roles or FDA labels)
 """
 
@@ -211,9 +211,9 @@ def run_kind(
     table(bench, kind, refs, rows)
 
 
-def pooled(seeds: list[int], kind: str, threads: int) -> None:
+def pooled(seeds: list[int], kind: str, threads: int, against: str = "TIES default") -> None:
     """The rows kept for every seed: kept per seed, the mean and spread, and Δ kept against TIES pooled
-    over seeds (each seed's windows resampled on their own, the seeds' Δs averaged: a paired bootstrap
+    over seeds against `against` (each seed's windows resampled on their own, the seeds' Δs averaged: a paired bootstrap
     that a seed where a method lost cannot hide in)."""
     runs = []
     for seed in seeds:
@@ -222,15 +222,15 @@ def pooled(seeds: list[int], kind: str, threads: int) -> None:
         rows = grid_rows(bench, kind, GRIDS) + fda_table_rows(bench, kind, FDA_ROWS)
         runs.append((gaps(refs, bench.names), refs, bench.names, {role: outcome for role, _, outcome in rows}))
     common = [role for role in runs[0][3] if all(role in run[3] for run in runs)]
-    if "TIES default" not in common:
-        raise SystemExit(f"TIES default is not kept for every seed of {seeds}: nothing to compare against")
-    head = ["method", *(f"kept seed {s}" for s in seeds), "mean", "spread", "Δ kept vs TIES, pooled, 95 % CI"]
+    if against not in common:
+        raise SystemExit(f"{against} is not kept for every seed of {seeds}; kept for all: {common}")
+    head = ["method", *(f"kept seed {s}" for s in seeds), "mean", "spread", f"Δ kept vs {against}, pooled, 95 % CI"]
     head += [f"Δ seed {s}" for s in seeds]
     print(f"\n{kind} experts over seeds {', '.join(map(str, seeds))}\n")
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for role in common:
         shares = [kept(run[3][role], run[1], run[2]) for run in runs]
-        deltas = [kept_draws(run[3][role], run[3]["TIES default"], run[0]) for run in runs]
+        deltas = [kept_draws(run[3][role], run[3][against], run[0]) for run in runs]
         draws = torch.stack([d for _, d in deltas]).mean(0)
         point = statistics.mean(p for p, _ in deltas)
         interval = f"{point:+.3f} [{float(draws.quantile(0.025)):+.3f}, {float(draws.quantile(0.975)):+.3f}]"
@@ -289,6 +289,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1", help="--part pooled: the seeds whose kept results are pooled")
     parser.add_argument("--kind", choices=KINDS, default="full", help="--part pooled: which experts")
+    parser.add_argument("--against", default="TIES default", help="--part pooled: the row the Δs are taken from")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cached", action="store_true", help="print the tables from kept results only, merge nothing")
     parser.add_argument("--only", help="comma-separated rows to run: grid roles (TIES, Iso-CTS, ...) or FDA labels")
@@ -296,7 +297,7 @@ def main() -> None:
     only = _only_rows(args.only)
     torch.set_num_threads(args.threads)
     if args.part == "pooled":
-        pooled([int(seed) for seed in args.seeds.split(",")], args.kind, args.threads)
+        pooled([int(seed) for seed in args.seeds.split(",")], args.kind, args.threads, args.against)
         return
     bench = LlmBench(args.seed, Budget(threads=args.threads), cached_only=args.cached)
     experts(bench, KINDS if args.part in ("experts", "all") else ("lora",) if args.part == "lora" else ("full",))

@@ -159,3 +159,48 @@ def test_task_vectors_of_very_different_sizes_are_warned_about_and_still_merged(
     assert "models[1]" in result.stderr
     quiet = run_cli("merge", str(config_for("tsv", base, experts, tmp_path)), "--out", str(tmp_path / "even"))
     assert quiet.returncode == 0 and "warning" not in quiet.stderr
+
+
+def _frozen_outside(base: Path, expert: Path, out: Path, frozen: tuple[str, ...]) -> Path:
+    """A copy of `expert` whose `frozen` tensors are the base's (a fine-tune that froze them, or a LoRA
+    adapter that does not target them)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(expert, out)
+    weights, original = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
+    for name in frozen:
+        weights[name] = original[name]
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_the_size_check_samples_what_the_experts_change_not_one_frozen_embedding(
+    llama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When one tensor is larger than the sample budget (SmolLM2's 113 MB embedding against 64 MB), the
+    sample was that tensor alone; frozen in every expert (or untouched by their LoRA adapters), it made
+    every merge warn "differ in size by inf×". Large tensors are now sampled last, and experts that all
+    leave the sample unchanged are not compared."""
+    import fda_core.merge.norm_check as norm_check
+    from fda_core.checkpoints.inputs import open_reader
+    from fda_core.config import load_config
+    from fda_core.merge.plan import build_plan
+
+    base, experts = llama
+    frozen = ("model.embed_tokens.weight", "lm_head.weight")
+    tuned = [_frozen_outside(base, e, tmp_path / f"frozen{i}", frozen) for i, e in enumerate(experts)]
+    monkeypatch.setattr(norm_check, "SAMPLE_BYTES", 12_000)  # below the 12,288-byte embedding, as SmolLM2's
+
+    def warning_for(models: list[Path]) -> str | None:
+        plan = build_plan(load_config(config_for("tsv", base, models, tmp_path)), 1 << 30)
+        readers = [open_reader(layout) for layout in plan.inputs]
+        names = norm_check.sampled_tensors(plan, norm_check.SAMPLE_BYTES)
+        assert names and not set(names) & set(frozen), names
+        return norm_check.norm_warning(plan, readers)
+
+    assert warning_for(tuned) is None
+    assert warning_for([base, base]) is None  # nothing changed anywhere: nothing to compare
+    unchanged = warning_for([base, tuned[0]])
+    assert unchanged is not None and "models[0] changes none of the" in unchanged, unchanged

@@ -51,7 +51,7 @@ class Grid:
 
 # TA's λ is chosen on validation (its default 1.0 adds four task vectors whole); every other method runs at
 # its defaults (mergekit's usual density 0.5 for the sparsifiers): tuning each on this CPU would triple
-# the run. WUDI is left out: its per-tensor optimisation is about an hour here (see the docs).
+# the run. WUDI's 300 Adam steps per block tensor take ~16 min of the merge here (bench/wudi_speed.py).
 GRIDS = (
     Grid("TA", "task_arithmetic", "lambda", (1.0, 0.3, 0.5)),
     Grid("TIES", "ties", "density", (0.5,)),
@@ -60,6 +60,7 @@ GRIDS = (
     Grid("TSV", "tsv", "alpha", (1.0,)),
     Grid("ACE", "ace", "lambda", (1.0,)),
     Grid("Iso-CTS", "iso_cts", "alpha", (1.0,)),
+    Grid("WUDI", "wudi", "lr", (1e-5,)),
 )
 
 
@@ -304,7 +305,7 @@ def main() -> None:
     if args.part in ("full", "all"):
         run_kind(bench, "full", GRIDS, FDA_ROWS, only)
     if args.part in ("lora", "all"):  # the mergekit users' methods and FDA refining TSV (full blocks, FFN only)
-        lora_grids = tuple(g for g in GRIDS if g.role in ("TA", "TIES", "DARE-TIES", "TSV"))
+        lora_grids = tuple(g for g in GRIDS if g.role in ("TA", "TIES", "DARE-TIES", "TSV", "WUDI"))
         run_kind(bench, "lora", lora_grids, {k: v for k, v in FDA_ROWS.items() if k.startswith("FDA (TSV")}, only)
     if args.part in ("service", "all"):  # the full fine-tunes; adapters take the same path (tests/integration)
         through_the_service(bench, "full")

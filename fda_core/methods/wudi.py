@@ -4,6 +4,12 @@ Per linear weight inside the repeated blocks, start from τm = Σ τᵢ and mini
 Σᵢ ‖(τm − τᵢ)τᵢᵀ‖²_F / ‖τᵢ‖²_F with Adam; other tensors (embeddings, heads, norms, biases) take the
 mean task vector, as in the paper. θ = θ0 + τm. (Vocabulary-sized matrices are excluded for cost
 too: one Adam step on a 32k×512 embedding is ~50 GFLOP.)
+
+The objective is quadratic in τm, so its gradient is taken in closed form rather than by autograd:
+∇ = 2 Σᵢ (τm − τᵢ) τᵢᵀτᵢ / ‖τᵢ‖² = 2 (τm·A − B), with A = Σᵢ τᵢᵀτᵢ / ‖τᵢ‖² (n × n) and
+B = Σᵢ τᵢ τᵢᵀτᵢ / ‖τᵢ‖² (m × n) formed once — one m×n×n product per step instead of a forward and a
+backward pass per task. Where A would outweigh the task vectors themselves (n > k·m, a very wide
+matrix) the first term is taken per task through the small m × m products instead.
 """
 
 from __future__ import annotations
@@ -31,17 +37,35 @@ def interference(tau_m: torch.Tensor, taus: list[torch.Tensor], grams: list[torc
     return total
 
 
+class InterferenceGradient:
+    """∇ of `interference` at τm, in closed form (the objective is quadratic): 2 (τm·A − B)."""
+
+    def __init__(self, taus: list[torch.Tensor]) -> None:
+        rows, cols = taus[0].shape
+        self.scaled = [tau / (tau.pow(2).sum() + 1e-12).sqrt() for tau in taus]  # τᵢ / ‖τᵢ‖
+        self.gram = None
+        if cols <= len(taus) * rows:  # A no bigger than the inputs already held
+            self.gram = sum(s.T @ s for s in self.scaled)  # A, (n, n)
+            self.offset = sum(tau @ (s.T @ s) for tau, s in zip(taus, self.scaled))  # B
+        else:
+            self.offset = sum((tau @ s.T) @ s for tau, s in zip(taus, self.scaled))  # B via (m, m)
+
+    def __call__(self, tau_m: torch.Tensor) -> torch.Tensor:
+        if self.gram is not None:
+            product = tau_m @ self.gram
+        else:
+            product = sum((tau_m @ s.T) @ s for s in self.scaled)
+        return 2 * (product - self.offset)
+
+
 def wudi_delta(taus: list[torch.Tensor], params: WudiParams) -> torch.Tensor:
-    rows, cols = taus[0].shape
-    grams = [tau.T @ tau if rows > cols else None for tau in taus]  # keep the square product small
-    tau_m = torch.stack(taus).sum(dim=0).clone().requires_grad_(True)
+    gradient = InterferenceGradient(taus)
+    tau_m = torch.stack(taus).sum(dim=0)
     optimiser = torch.optim.Adam([tau_m], lr=params.lr)
-    with torch.enable_grad():
-        for _ in range(params.steps):
-            optimiser.zero_grad(set_to_none=True)
-            interference(tau_m, taus, grams).backward()
-            optimiser.step()
-    return tau_m.detach()
+    for _ in range(params.steps):
+        tau_m.grad = gradient(tau_m)
+        optimiser.step()
+    return tau_m
 
 
 @register

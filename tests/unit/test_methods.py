@@ -150,6 +150,16 @@ def test_wudi_lowers_its_interference_objective(shape) -> None:
     assert interference(merged, taus, grams) < 0.5 * start
 
 
+@pytest.mark.parametrize("shape", [(20, 6), (8, 20), (3, 40)])  # tall, wide (A formed), very wide (per task)
+def test_wudi_closed_form_gradient_equals_autograd(shape) -> None:
+    from fda_core.methods.wudi import InterferenceGradient, interference
+
+    taus = [rand(*shape, seed=s) * s for s in (1, 2, 3)]
+    tau_m = (sum(taus) + rand(*shape, seed=9)).requires_grad_(True)
+    interference(tau_m, taus, [None] * 3).backward()
+    torch.testing.assert_close(InterferenceGradient(taus)(tau_m.detach()), tau_m.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_model_stock_moves_towards_the_base_when_experts_disagree() -> None:
     base = torch.zeros(1000)
     a, b = rand(1000, seed=1), rand(1000, seed=2)  # nearly orthogonal task vectors: t ≈ 0

@@ -18,7 +18,7 @@ OUTSIDE_DEFAULT = "task_arithmetic"  # outside the blocks when the blocks start 
 DEFAULT_INIT = "tsv"
 DEFAULT_COEFFICIENTS: Granularity = "row"
 WITHOUT_TASK_DIRECTIONS = ("pretrained", "task_arithmetic")  # no merge θm to correct: TA's α are per task
-Preset = Literal["fast", "balanced", "thorough", "llm"]
+Preset = Literal["fast", "balanced", "thorough", "llm", "decoder"]
 PRESETS: dict[str, dict[str, Any]] = {  # what a preset fixes unless a parameter says otherwise
     "fast": {"anchors": 32, "tokens": 8, "construction_steps": 150, "adaptation_epochs": 50},
     "balanced": {"anchors": 32, "tokens": 16, "construction_steps": 300, "adaptation_epochs": 100},
@@ -31,13 +31,20 @@ PRESETS: dict[str, dict[str, Any]] = {  # what a preset fixes unless a parameter
         "ffn_only": True, "init": "task_arithmetic", "init_parameters": {"lambda": 0.5},
         "coefficients": "elementwise",
     },
+    # The best decoder merge measured (docs/fda.md, SmolLM2-135M, three seeds): FFN-only blocks refining
+    # the default TSV start (Eq. 6, row coefficients) on 64 one-token anchors, 40 steps, 30 epochs.
+    "decoder": {
+        "anchors": 64, "tokens": 1, "construction_steps": 40, "adaptation_epochs": 30, "ffn_only": True,
+    },
 }  # fmt: skip
 DEFAULT_PRESET: Preset = "balanced"
 
 
 class FdaParams(Params):
     preset: Preset = Field(
-        DEFAULT_PRESET, description="the budget (anchors, tokens, steps, epochs), or llm: the paper's LLM recipe"
+        DEFAULT_PRESET,
+        description="the budget (anchors, tokens, steps, epochs); llm: the paper's LLM recipe;"
+        " decoder: FFN-only FDA on TSV, the best decoder merge measured",
     )
     init: str = Field(DEFAULT_INIT, description="pretrained (Eq. 5) or a parameter-space method to refine (Eq. 6)")
     init_parameters: dict[str, Any] = Field(default_factory=dict, description="parameters of the init method")

@@ -290,3 +290,19 @@ def test_the_llm_preset_merges_a_tied_decoder_ffn_only_and_keeps_it_tied(tmp_pat
     model = tf.LlamaForCausalLM.from_pretrained(tmp_path / "fda", local_files_only=True)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert model.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
+
+
+def test_the_decoder_preset_refines_tsv_through_the_ffns_only(tmp_path: Path) -> None:
+    from tests.support.tiny_llama import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base", tied=True)
+    experts = [noisy_copy(base, tmp_path / f"expert{i}", seed=i) for i in (1, 2)]
+    models = [{"model": str(e)} for e in experts]
+    config = {"method": "fda", "base_model": str(base), "models": models, "parameters": {"preset": "decoder"}}
+    result = merge(config, tmp_path / "fda")
+    merge({**config, "method": "tsv", "parameters": {}}, tmp_path / "tsv")
+    fda, tsv = load_tensors(tmp_path / "fda"), load_tensors(tmp_path / "tsv")
+    for name in ("model.layers.0.self_attn.v_proj.weight", "model.layers.1.self_attn.o_proj.weight"):
+        torch.testing.assert_close(fda[name], tsv[name])  # outside the FFNs: the TSV start
+    assert not torch.allclose(fda["model.layers.1.mlp.down_proj.weight"], tsv["model.layers.1.mlp.down_proj.weight"])
+    assert result.metrics["fda"]["layers"][0]["adaptation"]["targets"] == 2 * 64 * 1 * 32  # 64 one-token anchors

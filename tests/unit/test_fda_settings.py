@@ -146,6 +146,14 @@ def test_the_llm_preset_is_the_papers_llama_recipe() -> None:
     assert (llm.adaptation_epochs, llm.batch_size, llm.adaptation().lr) == (50, 8192, 1e-2)
 
 
+def test_the_decoder_preset_is_the_measured_ffn_only_row() -> None:
+    from bench.quality_llm import FFN_BUDGET  # the SmolLM2 row whose figures docs/fda.md quotes for it
+
+    decoder, measured = FdaParams(preset="decoder"), FdaParams(**FFN_BUDGET, ffn_only=True)
+    assert decoder.model_dump(exclude={"preset"}) == measured.model_dump(exclude={"preset"})
+    assert (decoder.ffn_only, decoder.init, decoder.coefficients) == (True, "tsv", "row")
+
+
 def test_a_preset_init_parameters_do_not_follow_a_different_init() -> None:
     assert FdaParams(preset="llm", init="wudi").init_parameters == {}
     assert FdaParams(preset="llm", anchors=64).anchors == 64  # what the config sets wins

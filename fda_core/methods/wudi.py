@@ -38,23 +38,29 @@ def interference(tau_m: torch.Tensor, taus: list[torch.Tensor], grams: list[torc
 
 
 class InterferenceGradient:
-    """∇ of `interference` at τm, in closed form (the objective is quadratic): 2 (τm·A − B)."""
+    """∇ of `interference` at τm, in closed form (the objective is quadratic): 2 (τm·A − B). Holds no
+    copy of the task vectors: A and B (or, per task, only the 1/‖τᵢ‖² weights)."""
 
     def __init__(self, taus: list[torch.Tensor]) -> None:
         rows, cols = taus[0].shape
-        self.scaled = [tau / (tau.pow(2).sum() + 1e-12).sqrt() for tau in taus]  # τᵢ / ‖τᵢ‖
-        self.gram = None
+        self.taus, self.weights = taus, [1.0 / (float(tau.pow(2).sum()) + 1e-12) for tau in taus]
+        self.gram: torch.Tensor | None = None
+        self.offset = torch.zeros_like(taus[0])  # B
         if cols <= len(taus) * rows:  # A no bigger than the inputs already held
-            self.gram = sum(s.T @ s for s in self.scaled)  # A, (n, n)
-            self.offset = sum(tau @ (s.T @ s) for tau, s in zip(taus, self.scaled))  # B
-        else:
-            self.offset = sum((tau @ s.T) @ s for tau, s in zip(taus, self.scaled))  # B via (m, m)
+            self.gram = taus[0].new_zeros((cols, cols))  # A
+            for tau, weight in zip(taus, self.weights):
+                gram = tau.T @ tau
+                self.gram.add_(gram, alpha=weight)
+                self.offset.add_(tau @ gram, alpha=weight)
+        else:  # a very wide matrix: through the (m, m) products
+            for tau, weight in zip(taus, self.weights):
+                self.offset.add_((tau @ tau.T) @ tau, alpha=weight)
 
     def __call__(self, tau_m: torch.Tensor) -> torch.Tensor:
         if self.gram is not None:
             product = tau_m @ self.gram
         else:
-            product = sum((tau_m @ s.T) @ s for s in self.scaled)
+            product = sum(((tau_m @ tau.T) @ tau) * weight for tau, weight in zip(self.taus, self.weights))
         return 2 * (product - self.offset)
 
 

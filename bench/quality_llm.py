@@ -304,9 +304,8 @@ def main() -> None:
     experts(bench, KINDS if args.part in ("experts", "all") else ("lora",) if args.part == "lora" else ("full",))
     if args.part in ("full", "all"):
         run_kind(bench, "full", GRIDS, FDA_ROWS, only)
-    if args.part in ("lora", "all"):  # the mergekit users' methods and FDA refining TSV (full blocks, FFN only)
-        lora_grids = tuple(g for g in GRIDS if g.role in ("TA", "TIES", "DARE-TIES", "TSV", "WUDI"))
-        run_kind(bench, "lora", lora_grids, {k: v for k, v in FDA_ROWS.items() if k.startswith("FDA (TSV")}, only)
+    if args.part in ("lora", "all"):  # every parameter-space method and FDA refining TSV (full blocks, FFN only)
+        run_kind(bench, "lora", GRIDS, {k: v for k, v in FDA_ROWS.items() if k.startswith("FDA (TSV")}, only)
     if args.part in ("service", "all"):  # the full fine-tunes; adapters take the same path (tests/integration)
         through_the_service(bench, "full")
     if args.part in ("mergekit", "all"):

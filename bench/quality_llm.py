@@ -109,7 +109,9 @@ FDA_ROWS: dict[str, dict[str, Any]] = {
     "FDA (TIES, full blocks)": {**FDA_BUDGET, "init": "ties", "init_parameters": {"density": 0.5}},
     "FDA llm recipe (TA λ0.5, FFN only, elementwise)": {"preset": "llm", **FFN_BUDGET, "batch_size": 256},
     "FDA (TSV, FFN only)": {**FFN_BUDGET, "ffn_only": True},
+    "FDA (TIES, FFN only)": {**FFN_BUDGET, "ffn_only": True, "init": "ties", "init_parameters": {"density": 0.5}},
 }
+LORA_FDA_ROWS = ("FDA (TSV, full blocks)", "FDA (TSV, FFN only)", "FDA (TIES, FFN only)")
 
 
 def fda_rows(bench: LlmBench, kind: str, rows: dict[str, dict[str, Any]]) -> dict[str, Outcome]:
@@ -304,8 +306,8 @@ def main() -> None:
     experts(bench, KINDS if args.part in ("experts", "all") else ("lora",) if args.part == "lora" else ("full",))
     if args.part in ("full", "all"):
         run_kind(bench, "full", GRIDS, FDA_ROWS, only)
-    if args.part in ("lora", "all"):  # every parameter-space method and FDA refining TSV (full blocks, FFN only)
-        run_kind(bench, "lora", GRIDS, {k: v for k, v in FDA_ROWS.items() if k.startswith("FDA (TSV")}, only)
+    if args.part in ("lora", "all"):  # every parameter-space method; FDA refining TSV (full blocks, FFN only), TIES
+        run_kind(bench, "lora", GRIDS, {k: v for k, v in FDA_ROWS.items() if k in LORA_FDA_ROWS}, only)
     if args.part in ("service", "all"):  # the full fine-tunes; adapters take the same path (tests/integration)
         through_the_service(bench, "full")
     if args.part in ("mergekit", "all"):

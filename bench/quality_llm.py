@@ -110,6 +110,7 @@ FDA_ROWS: dict[str, dict[str, Any]] = {
     "FDA llm recipe (TA λ0.5, FFN only, elementwise)": {"preset": "llm", **FFN_BUDGET, "batch_size": 256},
     "FDA (TSV, FFN only)": {**FFN_BUDGET, "ffn_only": True},
     "FDA (TIES, FFN only)": {**FFN_BUDGET, "ffn_only": True, "init": "ties", "init_parameters": {"density": 0.5}},
+    "FDA (WUDI, FFN only)": {**FFN_BUDGET, "ffn_only": True, "init": "wudi"},
 }
 LORA_FDA_ROWS = ("FDA (TSV, full blocks)", "FDA (TSV, FFN only)", "FDA (TIES, FFN only)")
 

@@ -58,10 +58,11 @@ class InterferenceGradient:
 
     def __call__(self, tau_m: torch.Tensor) -> torch.Tensor:
         if self.gram is not None:
-            product = tau_m @ self.gram
-        else:
-            product = sum(((tau_m @ tau.T) @ tau) * weight for tau, weight in zip(self.taus, self.weights))
-        return 2 * (product - self.offset)
+            return 2 * (tau_m @ self.gram - self.offset)
+        product = -self.offset
+        for tau, weight in zip(self.taus, self.weights):
+            product = product + ((tau_m @ tau.T) @ tau) * weight
+        return 2 * product
 
 
 def wudi_delta(taus: list[torch.Tensor], params: WudiParams) -> torch.Tensor:

@@ -154,6 +154,16 @@ def test_the_decoder_preset_is_the_measured_ffn_only_row() -> None:
     assert (decoder.ffn_only, decoder.init, decoder.coefficients) == (True, "tsv", "row")
 
 
+@pytest.mark.parametrize("row", ["FDA (TIES, FFN only)", "FDA (WUDI, FFN only)"])
+def test_the_decoder_preset_with_another_init_is_the_measured_row(row: str) -> None:
+    """README and docs/fda.md advise `preset: decoder` with `init: ties` (LoRA) or `init: wudi`: the bench rows."""
+    from bench.quality_llm import FDA_ROWS
+
+    measured = FDA_ROWS[row]
+    advised = FdaParams(preset="decoder", init=measured["init"], init_parameters=measured.get("init_parameters", {}))
+    assert advised.model_dump(exclude={"preset"}) == FdaParams(**measured).model_dump(exclude={"preset"})
+
+
 def test_a_preset_init_parameters_do_not_follow_a_different_init() -> None:
     assert FdaParams(preset="llm", init="wudi").init_parameters == {}
     assert FdaParams(preset="llm", anchors=64).anchors == 64  # what the config sets wins

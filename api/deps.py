@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
@@ -43,18 +44,22 @@ async def database_slot(request: Request) -> AsyncIterator[None]:
     state = request.app.state
     if getattr(state, "session_gate", None) is None:
         state.session_gate = asyncio.Semaphore(state.settings.db_pool_size)
-    with anyio.move_on_after(SESSION_WAIT_SECONDS) as waited:
-        await state.session_gate.acquire()
-    if waited.cancelled_caught:
-        raise Busy("every database connection of this API process is in use; retry shortly")
+    if state.session_gate.locked():  # wait, with a deadline (a timer: not armed when a turn is free)
+        with anyio.move_on_after(SESSION_WAIT_SECONDS) as waited:
+            await state.session_gate.acquire()
+        if waited.cancelled_caught:
+            raise Busy("every database connection of this API process is in use; retry shortly")
+    else:
+        await state.session_gate.acquire()  # a free turn: taken at once, nothing awaited
     try:
         yield
     finally:
         state.session_gate.release()
 
 
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    """The request's session, in one of the process's database turns (`database_slot`)."""
+@asynccontextmanager
+async def request_session(request: Request) -> AsyncIterator[Session]:
+    """A session in one of the process's database turns (`database_slot`), closed on the way out."""
     async with database_slot(request):
         session = session_factory(request.app.state.settings.database_url)()
         try:
@@ -66,12 +71,14 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
                 session.close()
 
 
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session (`request_session`)."""
+    async with request_session(request) as session:
+        yield session
+
+
 async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
-
-
-async def get_preflight_gate(request: Request) -> PreflightGate:
-    return request.app.state.preflight_gate
 
 
 async def get_stream_hub(request: Request) -> StreamHub:
@@ -81,7 +88,6 @@ async def get_stream_hub(request: Request) -> StreamHub:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]  # closed before the response streams
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-PreflightGateDep = Annotated[PreflightGate, Depends(get_preflight_gate)]
 StreamHubDep = Annotated[StreamHub, Depends(get_stream_hub)]
 
 
@@ -109,4 +115,26 @@ async def get_presented_key(request: Request, credentials: CredentialsDep) -> st
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
-PresentedKeyDep = Annotated[str, Depends(get_presented_key)]
+
+
+@dataclass(frozen=True)
+class SubmitContext:
+    """What a submit needs from its request and its app, resolved as one dependency: FastAPI solves each
+    dependency of a route separately (its own signature walk, cache lookup and call), which was ~13 % of the
+    API's CPU per submit with the five the submit route declared (docs/benchmarks.md, issue 12)."""
+
+    presented_key: str  # shape-checked only; verified by the submit's first statement
+    session: Session
+    settings: Settings
+    dispatcher: Dispatcher
+    gate: PreflightGate
+
+
+async def get_submit_context(request: Request, credentials: CredentialsDep) -> AsyncIterator[SubmitContext]:
+    presented = await get_presented_key(request, credentials)  # 401 for a missing key before any database turn
+    state = request.app.state
+    async with request_session(request) as session:
+        yield SubmitContext(presented, session, state.settings, state.dispatcher, state.preflight_gate)
+
+
+SubmitContextDep = Annotated[SubmitContext, Depends(get_submit_context, scope="function")]

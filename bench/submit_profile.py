@@ -64,12 +64,20 @@ def instrument() -> None:
         )
     else:  # before: a dependency of its own (and replay_and_queued below)
         api.deps.authenticate = timed("authenticate (key + tenant: 1 query)", api.deps.authenticate)
+    if hasattr(route, "statements_commit_alone"):  # PostgreSQL: autocommit (the pool checkout happens here)
+        route.statements_commit_alone = timed(
+            "statements_commit_alone (pool checkout, autocommit)", route.statements_commit_alone
+        )
     for name in ("policy_of", "check_submission"):
         setattr(route, name, timed(name, getattr(route, name)))
     route.accept_job = timed("accept_job (one transaction, then the send)", route.accept_job)
     accept.replay_and_queued = timed("  replay_and_queued (Idempotency-Key + quota: 1 query)", accept.replay_and_queued)
     accept.insert_new = timed("  insert_new (job + event: 1 INSERT … WITH on PostgreSQL)", accept.insert_new)
     accept.claim_window = timed("  claim_window (send claim: 1 UPDATE … RETURNING)", accept.claim_window)
+    if hasattr(accept, "insert_and_claim"):
+        accept.insert_and_claim = timed(
+            "  insert_and_claim (job + event + send claim: 1 statement)", accept.insert_and_claim
+        )
     Session.commit = timed("  commit", Session.commit)  # type: ignore[method-assign]
     CeleryDispatcher.enqueue = timed("  enqueue (LPUSH of the Celery message)", CeleryDispatcher.enqueue)
     route.preflight = timed("  preflight (inputs' listings and headers; --preflight)", route.preflight)

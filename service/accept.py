@@ -23,12 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import BindParameter, ColumnElement, ScalarSelect, Table, bindparam, case, insert, literal, select
+from sqlalchemy import BindParameter, ColumnElement, ScalarSelect, Table, bindparam, case, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.auth import KEY_AND_TENANT, Principal, key_digest, key_lookup, principal_of_row
-from service.dispatch import claim_window, send_claimed
+from service.clock import db_now
+from service.dispatch import CLAIM_WINDOW, claim_window, free_slots, send_claimed, waiting_where
+from service.driver_sql import DriverStatement
 from service.errors import IdempotencyMismatch
 from service.ids import new_id
 from service.jobspec import JobSpec
@@ -51,12 +53,25 @@ class Submitter:
     at_quota: bool
 
 
+def statements_commit_alone(session: Session) -> None:
+    """PostgreSQL: the submit's statements run in autocommit, each its own transaction, so no BEGIN and
+    no COMMIT round trip (two of the five a submit made; ~0.2 ms of CPU per submit, docs/benchmarks.md).
+    Nothing needs them together: at READ COMMITTED each statement already read its own snapshot; the
+    job and its first event are one INSERT … WITH (atomic by itself); the send claim is one UPDATE, a
+    compare-and-set as in `dispatch`, and a process lost between the insert and the claim leaves a waiting
+    job, which the reaper's dispatch sends. Called before the session's first statement; SQLite keeps its
+    transaction (its insert is two statements)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
 def identify_submitter(session: Session, presented_key: str, idempotency_key: str | None, quota: int) -> Submitter:
     """The submit's first statement: its key verified (Unauthorized as `authenticate`), the replay and the
     tenant's queue at its `quota` or not, in one round trip."""
     lookup, digest = key_lookup(presented_key), key_digest(presented_key)
     bound = {"lookup": lookup, "digest": digest, "key": idempotency_key, "quota": quota}
-    row = session.execute(SUBMITTER, bound).first()
+    found = SUBMITTER_ON_DRIVER.rows(session, bound)
+    row = found[0] if found else None
     principal = principal_of_row(row, presented_key)  # Unauthorized when there is no row
     assert row is not None
     return Submitter(principal, row.earlier_id, row.at_quota is not None)
@@ -90,8 +105,7 @@ def accept_job(
         slow_checks()
     job = _new_job(tenant_id, spec, digest, idempotency_key, settings.max_attempts)
     try:
-        insert_new(session, job)
-        claimed = claim_window(session, tenant_id, settings.limits.running_jobs_per_tenant)
+        claimed = insert_and_claim(session, job, settings.limits.running_jobs_per_tenant)
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert
         session.rollback()
@@ -148,6 +162,7 @@ def _submitter_statement():
 
 
 SUBMITTER = _submitter_statement()
+SUBMITTER_ON_DRIVER = DriverStatement(SUBMITTER)  # service/driver_sql.py: the submit's hot statements
 
 
 def _replay(
@@ -178,7 +193,7 @@ def _new_job(tenant_id: str, spec: JobSpec, digest: str, key: str | None, max_at
 def insert_new(session: Session, job: MergeJob) -> None:
     """The job's row and its first event (`queued`, at the job's created_at), nothing read back: one
     statement on PostgreSQL (the event's INSERT selects from the job's), two on SQLite."""
-    row = {**{name: getattr(job, name) for name in ROW}, "metadata": job.metadata_}
+    row = _row(job)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(INSERT_JOB_AND_EVENT, {f"new_{name}": value for name, value in row.items()})
         return
@@ -187,6 +202,21 @@ def insert_new(session: Session, job: MergeJob) -> None:
         INSERT_EVENT,
         {"job_id": job.id, "at": job.created_at, "kind": "status", "attempt": 0, "message": "queued", "data": {}},
     )
+
+
+def insert_and_claim(session: Session, job: MergeJob, window: int) -> list[str]:
+    """`insert_new` then `claim_window`: the ids whose send this submit won, oldest first. On PostgreSQL one
+    statement (`_insert_and_claim`); elsewhere the two, in the session's transaction."""
+    if session.get_bind().dialect.name != "postgresql":
+        insert_new(session, job)
+        return claim_window(session, job.tenant_id, window)
+    row = {f"new_{name}": value for name, value in _row(job).items()}
+    won = INSERT_AND_CLAIM_ON_DRIVER.rows(session, {**row, "for_tenant": job.tenant_id, "window": window})
+    return [job_id for job_id, _ in sorted(won, key=lambda found: (found[1], found[0]))]
+
+
+def _row(job: MergeJob) -> dict[str, object]:
+    return {**{name: getattr(job, name) for name in ROW}, "metadata": job.metadata_}
 
 
 ROW = (
@@ -212,3 +242,40 @@ def _insert_job_and_event():
 
 
 INSERT_JOB_AND_EVENT = _insert_job_and_event()
+
+
+def _insert_and_claim():
+    """The job, its event and the tenant's send claim in one statement (data-modifying WITHs: PostgreSQL).
+    Its parts read one snapshot, from before the statement, so the claim's UPDATE cannot see the new job:
+    it claims the older waiting jobs that fit (`claim_window`'s UPDATE), and the new job is inserted sent
+    (`enqueued_at` now) exactly when it would have been claimed after them — when the window has a slot
+    left beyond every older waiting job. Oldest first, as `claim_window`; only this statement can send the
+    new job (no one else sees it before it commits)."""
+    tenant, window = bindparam("for_tenant"), bindparam("window")
+    older = select(literal(1)).where(*waiting_where(tenant)).limit(window).subquery()
+    fits = free_slots(tenant, window) - select(func.count()).select_from(older).scalar_subquery() > 0
+    values = {name: bindparam(f"new_{name}", type_=JOBS.c[name].type) for name in [*ROW, "metadata"]}
+    job = (
+        insert(JOBS)
+        .values({**values, "enqueued_at": case((fits, db_now()), else_=None)})
+        .returning(JOBS.c.id, JOBS.c.created_at, JOBS.c.enqueued_at)
+        .cte("new_job")
+    )
+    event = insert(EVENTS).from_select(
+        ["job_id", "at", "kind", "attempt", "message", "data"],
+        select(
+            job.c.id,
+            job.c.created_at,
+            literal("status"),
+            literal(0),
+            literal("queued"),
+            literal({}, EVENTS.c.data.type),
+        ),
+    )
+    claimed = CLAIM_WINDOW.cte("claimed")
+    sent_new = select(job.c.id, job.c.created_at).where(job.c.enqueued_at.is_not(None))
+    return select(claimed.c.id, claimed.c.created_at).union_all(sent_new).add_cte(event.cte("new_event"))
+
+
+INSERT_AND_CLAIM = _insert_and_claim()
+INSERT_AND_CLAIM_ON_DRIVER = DriverStatement(INSERT_AND_CLAIM)

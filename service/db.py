@@ -8,6 +8,7 @@ then passes to another). SQLite waits for the file lock at most the lock timeout
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -41,7 +42,37 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
         "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         "tcp_user_timeout": max(statement_ms, 10_000),  # unacknowledged writes (a dead peer) fail too
     }  # fmt: skip
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args, **extra)
+    engine = create_engine(url, hide_parameters=True, connect_args=connect_args, **extra)
+    if pooled:
+        _ping_when_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """The pool's pre-ping, only for a connection that sat in the pool PING_AFTER_IDLE_SECONDS or longer
+    (pgbouncer's `server_check_delay`, at 1 s rather than its 30): under load every checkout takes a
+    connection used a moment ago, and a `SELECT 1` round trip per request was ~0.1 ms of client and server
+    CPU per submit (docs/benchmarks.md, issue 12). A ping that fails discards the connection and the pool
+    opens a fresh one (SQLAlchemy's DisconnectionError), as pool_pre_ping does. A connection used less than a
+    second before a server restart fails its next statement once (OperationalError: the callers' retries
+    of transient errors, service/retry.py, take it), and is replaced."""
+    from sqlalchemy import exc
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_connection, record) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+        if time.monotonic() - record.info.get("checked_in_at", 0.0) < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # dead: the pool retries the checkout with a new connection
+            raise exc.DisconnectionError(f"pool connection failed its ping: {type(error).__name__}") from error
 
 
 def _sqlite_engine(url: str, lock_ms: int, extra: dict) -> Engine:

@@ -6,6 +6,7 @@ knows the broker. Tests pass a recording dispatcher instead.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Protocol
 
@@ -44,13 +45,11 @@ def celery_message(job_id: str, reply_to: str) -> str:
     import json
     import uuid
 
-    from celery.utils.nodenames import anon_nodename
-
     body = json.dumps([[job_id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers = {
+    headers: dict[str, object] = {
         "lang": "py", "task": MERGE_TASK, "id": job_id, "shadow": None, "eta": None, "expires": None, "group": None,
         "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": job_id, "parent_id": None,
-        "argsrepr": repr([job_id]), "kwargsrepr": "{}", "origin": anon_nodename(), "ignore_result": None,
+        "argsrepr": repr([job_id]), "kwargsrepr": "{}", "origin": _origin(os.getpid()), "ignore_result": None,
         "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }  # fmt: skip
     properties = {
@@ -63,6 +62,14 @@ def celery_message(job_id: str, reply_to: str) -> str:
         "content-type": "application/json", "headers": headers, "properties": properties,
     }  # fmt: skip
     return json.dumps(envelope)
+
+
+@lru_cache(maxsize=1)
+def _origin(pid: int) -> str:
+    """Celery's `anon_nodename()` (gen<pid>@<host>), once per process: a fork gets its own."""
+    from celery.utils.nodenames import anon_nodename
+
+    return anon_nodename()
 
 
 @lru_cache(maxsize=4)

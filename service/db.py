@@ -42,6 +42,8 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
         "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         "tcp_user_timeout": max(statement_ms, 10_000),  # unacknowledged writes (a dead peer) fail too
     }  # fmt: skip
+    if pooled:  # the connection used last is handed out first: under light load one stays warm, unpinged
+        extra["pool_use_lifo"] = True
     engine = create_engine(url, hide_parameters=True, connect_args=connect_args, **extra)
     if pooled:
         _ping_when_idle(engine)
@@ -55,10 +57,13 @@ def _ping_when_idle(engine: Engine) -> None:
     """The pool's pre-ping, only for a connection that sat in the pool PING_AFTER_IDLE_SECONDS or longer
     (pgbouncer's `server_check_delay`, at 1 s rather than its 30): under load every checkout takes a
     connection used a moment ago, and a `SELECT 1` round trip per request was ~0.1 ms of client and server
-    CPU per submit (docs/benchmarks.md, issue 12). A ping that fails discards the connection and the pool
-    opens a fresh one (SQLAlchemy's DisconnectionError), as pool_pre_ping does. A connection used less than a
-    second before a server restart fails its next statement once (OperationalError: the callers' retries
-    of transient errors, service/retry.py, take it), and is replaced."""
+    CPU per submit (docs/benchmarks.md, issue 12). A ping that fails discards the pool's connections and
+    it opens a fresh one (SQLAlchemy's InvalidatePoolError), as pool_pre_ping does; a connection opened
+    just now is not pinged. A connection used less than a
+    second before a server restart fails its next statement once (OperationalError), and the pool's
+    connections of before the restart are dropped with it: the API answers that request 503
+    `database_unavailable` (api/problems.py; the Python client retries it), workers and the reaper
+    retry it as a transient error (service/retry.py)."""
     from sqlalchemy import exc
 
     @event.listens_for(engine, "checkin")
@@ -67,12 +72,13 @@ def _ping_when_idle(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
-        if time.monotonic() - record.info.get("checked_in_at", 0.0) < PING_AFTER_IDLE_SECONDS:
+        checked_in_at = record.info.get("checked_in_at")  # None: opened just now (info is new per connection)
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
-        except Exception as error:  # dead: the pool retries the checkout with a new connection
-            raise exc.DisconnectionError(f"pool connection failed its ping: {type(error).__name__}") from error
+        except Exception as error:  # dead: the pool drops every connection of before and checks out a new one
+            raise exc.InvalidatePoolError(f"pool connection failed its ping: {type(error).__name__}") from error
 
 
 def _sqlite_engine(url: str, lock_ms: int, extra: dict) -> Engine:

@@ -3,13 +3,14 @@ per-execution work.
 
 Through `Session.execute` a statement costs ~145 µs of CPU here, of which psycopg's own execution is
 ~60: the rest is SQLAlchemy's compiled-cache lookup, execution context and result set-up, per call
-(docs/benchmarks.md, issue 12). A `DriverStatement` is compiled once per dialect and executed on the
+(docs/benchmarks.md, issue 12). A `DriverStatement` is compiled once and executed on the
 session's own DBAPI connection — in its transaction, or in autocommit when the session's connection
 is — with SQLAlchemy's own bind and result processors of the statement's types applied, so the values
 are those `Session.execute` would send and return. Driver errors come out as SQLAlchemy's
 (`DBAPIError.instance`: IntegrityError, OperationalError, …, parameters hidden), and a disconnect
-invalidates the connection as SQLAlchemy would. PostgreSQL (psycopg) only; other dialects go through
-`Session.execute`.
+invalidates the connection and the pool's older ones as SQLAlchemy would. PostgreSQL with psycopg only;
+other drivers go through `Session.execute`. Connection events (`before_cursor_execute`, `handle_error`)
+do not see these statements.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class DriverStatement:
     def rows(self, session: Session, values: Mapping[str, Any]) -> Sequence[Any]:
         """The statement's rows (attribute access by column name, as SQLAlchemy's Row) for these values."""
         connection = session.connection()
-        if connection.dialect.name != "postgresql":
+        if connection.dialect.driver != "psycopg":
             return session.execute(self.statement, values).all()
         compiled = self._compiled or self._compile(connection.dialect)
         params = compiled.params(values)
@@ -88,8 +89,9 @@ def _as_sqlalchemy_error(connection: Connection, sql: str, params: dict[str, Any
     """What SQLAlchemy raises for this driver error, the connection invalidated when it is a disconnect."""
     dialect = connection.dialect
     disconnect = dialect.is_disconnect(error, connection.connection.dbapi_connection, None)
-    if disconnect:
+    if disconnect:  # as SQLAlchemy: this connection, and every pooled one opened before (the server restarted)
         connection.invalidate(error)
+        connection.engine.dispose(close=False)  # a new pool; the old one's connections are dropped, not reused
     return exc.DBAPIError.instance(
         sql, params, error, dialect.loaded_dbapi.Error, hide_parameters=True, connection_invalidated=disconnect,
         dialect=dialect, ismulti=False,

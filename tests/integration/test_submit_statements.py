@@ -109,21 +109,39 @@ def test_a_driver_statement_raises_sqlalchemy_s_errors(database_url: str) -> Non
         session.close()
 
 
-def test_a_disconnect_on_the_driver_invalidates_the_connection(database_url: str) -> None:
+def test_a_disconnect_on_the_driver_drops_the_pool_s_older_connections(database_url: str, monkeypatch) -> None:
+    """A server restart under pooled connections: the first statement to meet it fails (OperationalError,
+    connection invalidated), and the pool's other connections of before are not handed out again — the
+    next request works at once, though its connection was used too recently to be pinged."""
     postgres_only(database_url)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping can find them: the pool must drop them
     values = {"lookup": "nobody", "digest": "0" * 64, "key": None, "quota": 1}
+    sessions = [session_factory(database_url)() for _ in range(2)]  # two pooled connections, both used now
+    pids = [s.execute(text("SELECT pg_backend_pid()")).scalar_one() for s in sessions]
+    for session in sessions:
+        session.close()
+    killer = db.make_engine(database_url)  # another pool's connection kills both ("a restart")
+    try:
+        with killer.begin() as other:
+            for pid in pids:
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        killer.dispose()
     session = session_factory(database_url)()
     try:
-        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        with session_scope(database_url) as other:
-            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         with pytest.raises(OperationalError) as raised:
             SUBMITTER_ON_DRIVER.rows(session, values)
         assert raised.value.connection_invalidated
     finally:
         session.close()
-    with session_scope(database_url) as session:  # the pool hands out a live connection again
-        assert SUBMITTER_ON_DRIVER.rows(session, values) == []
+    sessions = [session_factory(database_url)() for _ in range(2)]  # both pooled connections again
+    try:
+        for session in sessions:  # neither is the other dead one
+            assert SUBMITTER_ON_DRIVER.rows(session, values) == []
+            assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() not in pids
+    finally:
+        for session in sessions:
+            session.close()
 
 
 def test_a_submit_s_autocommit_does_not_outlive_its_session(database_url: str) -> None:
@@ -133,9 +151,11 @@ def test_a_submit_s_autocommit_does_not_outlive_its_session(database_url: str) -
     session = session_factory(database_url)()
     statements_commit_alone(session)
     assert session.connection().connection.driver_connection.autocommit
+    pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
     session.close()
     session = session_factory(database_url)()
     try:
+        assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid  # the same connection, again
         assert not session.connection().connection.driver_connection.autocommit
         session.execute(update(MergeJob).values(stage="changed"))
         session.rollback()
@@ -154,24 +174,26 @@ def test_the_pool_pings_only_connections_that_sat_idle(database_url: str, monkey
     monkeypatch.setattr(engine.dialect, "do_ping", lambda connection: pings.append(1) or real_ping(connection))
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.5)
     try:
-        with engine.connect() as connection:  # a new connection: pinged
+        with engine.connect() as connection:  # opened just now: alive, not pinged
             pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
         with engine.connect() as connection:  # used a moment ago: trusted, no round trip
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid
-        assert len(pings) == 1
+        assert pings == []
         with session_scope(database_url) as other:  # another pool's connection
             other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         time.sleep(0.6)  # idle past the threshold: pinged, found dead, replaced before it is handed out
         with engine.connect() as connection:
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
-        assert len(pings) >= 2
+        assert len(pings) == 1
     finally:
         engine.dispose()
 
 
-def test_a_submit_through_the_api_on_postgresql(database_url: str, monkeypatch) -> None:
+@pytest.mark.parametrize("preflight", [False, True])
+def test_a_submit_through_the_api_on_postgresql(database_url: str, monkeypatch, tmp_path, preflight: bool) -> None:
     """The route end to end on PostgreSQL (tests/integration/test_api_jobs.py runs on SQLite): accepted,
-    replayed, refused as before, with its statements in autocommit — no BEGIN and COMMIT round trips."""
+    replayed, refused as before, with its statements in autocommit — no BEGIN and COMMIT round trips —,
+    also after preflight (whose rollback hands the connection back to the pool)."""
     postgres_only(database_url)
     from fastapi.testclient import TestClient
 
@@ -189,22 +211,53 @@ def test_a_submit_through_the_api_on_postgresql(database_url: str, monkeypatch) 
         return rows(self, session, values)
 
     monkeypatch.setattr(DriverStatement, "rows", spy)
+    body, allowed = BODY, ["s3://models/acme"]
+    if preflight:  # every input's listing and header read at submit: local tiny checkpoints
+        from tests.support.tiny_models import make_family
+
+        base, experts = make_family(tmp_path / "models", "llama")
+        body, allowed = (
+            {**BODY, "base_model": str(base), "models": [{"model": str(e)} for e in experts]},
+            [str(tmp_path)],
+        )
     with session_scope(database_url) as session:
-        key = create_api_key(session, ensure_tenant(session, "acme", ["s3://models/acme"]))
+        key = create_api_key(session, ensure_tenant(session, "acme", allowed))
     dispatcher = RecordingDispatcher()
-    settings = Settings(database_url=database_url, preflight=False, limits=Limits(queued_jobs_per_tenant=2))
+    settings = Settings(
+        database_url=database_url, preflight=preflight, local_inputs=preflight, cache_dir=tmp_path / "cache",
+        limits=Limits(queued_jobs_per_tenant=2),
+    )  # fmt: skip
     client = TestClient(create_app(settings, dispatcher))
     headers = {"Authorization": f"Bearer {key}"}
-    first = client.post("/v1/merge-jobs", json=BODY, headers={**headers, "Idempotency-Key": "k"})
-    again = client.post("/v1/merge-jobs", json=BODY, headers={**headers, "Idempotency-Key": "k"})
+    first = client.post("/v1/merge-jobs", json=body, headers={**headers, "Idempotency-Key": "k"})
+    again = client.post("/v1/merge-jobs", json=body, headers={**headers, "Idempotency-Key": "k"})
     assert first.status_code == again.status_code == 202 and again.json()["id"] == first.json()["id"]
     changed = client.post(
-        "/v1/merge-jobs", json={**BODY, "parameters": {}}, headers={**headers, "Idempotency-Key": "k"}
+        "/v1/merge-jobs", json={**body, "parameters": {}}, headers={**headers, "Idempotency-Key": "k"}
     )
     assert changed.status_code == 422 and changed.json()["code"] == "idempotency_key_reused"
-    second = client.post("/v1/merge-jobs", json=BODY, headers=headers)
-    assert second.status_code == 202
-    assert client.post("/v1/merge-jobs", json=BODY, headers=headers).status_code == 429  # two queued: the quota
-    assert client.post("/v1/merge-jobs", json=BODY, headers={"Authorization": "Bearer fdm_x_y"}).status_code == 401
+    second = client.post("/v1/merge-jobs", json=body, headers=headers)
+    assert second.status_code == 202, second.text
+    assert client.post("/v1/merge-jobs", json=body, headers=headers).status_code == 429  # two queued: the quota
+    assert client.post("/v1/merge-jobs", json=body, headers={"Authorization": "Bearer fdm_x_y"}).status_code == 401
     assert dispatcher.enqueued == [first.json()["id"], second.json()["id"]]
     assert autocommit and all(autocommit)
+
+
+def test_an_unreachable_database_answers_503_not_500(tmp_path) -> None:
+    """Nothing the tenant sent: 503 `database_unavailable` with Retry-After (the client retries it)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from service.queue import RecordingDispatcher
+    from service.settings import Settings
+    from tests.integration.test_api_jobs import BODY
+
+    settings = Settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none", preflight=False)
+    client = TestClient(create_app(settings, RecordingDispatcher()))  # no lifespan: its schema check is skipped
+    for answer in (
+        client.post("/v1/merge-jobs", json=BODY, headers={"Authorization": "Bearer fdm_abc_def"}),
+        client.get("/v1/merge-jobs", headers={"Authorization": "Bearer fdm_abc_def"}),
+    ):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "database_unavailable" and answer.headers["retry-after"] == "1"

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.streams import StreamHub
+from service.accept import AUTOCOMMIT
 from service.auth import Principal, Unauthorized, authenticate, key_lookup
 from service.db import session_factory
 from service.limits import Busy
@@ -65,9 +66,9 @@ async def request_session(request: Request) -> AsyncIterator[Session]:
         try:
             yield session
         finally:
-            if session.in_transaction():  # a rollback to send: not on the event loop
+            if session.in_transaction() and not session.info.get(AUTOCOMMIT):  # a rollback to send: in a thread
                 await to_thread.run_sync(session.close)
-            else:  # nothing open (a submit commits its own): closing touches no connection, no thread needed
+            else:  # nothing open (a submit commits its own, or ran in autocommit): no I/O, no thread needed
                 session.close()
 
 

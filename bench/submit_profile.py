@@ -166,6 +166,24 @@ def thread_seconds(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def reference_loop_ms() -> float:
+    """CPU ms of a fixed pure-Python workload (JSON, hashing, dicts: a submit's kind of work), the median of
+    five: this VM's speed moves 2× between hours, so a submit's CPU is quoted with this beside it."""
+    import hashlib
+    import json
+    import statistics
+
+    def once() -> float:
+        started = time.thread_time()
+        for i in range(2000):
+            text = json.dumps({**BODY, "seed": i})
+            hashlib.sha256(text.encode()).hexdigest()
+            json.loads(text)
+        return (time.thread_time() - started) * 1e3
+
+    return statistics.median(once() for _ in range(5))
+
+
 def report(args, before, after, validation: float) -> None:
     submits = args.submits
     process, client, postgres, redis, wall = (b - a for a, b in zip(before, after))
@@ -177,11 +195,12 @@ def report(args, before, after, validation: float) -> None:
         print(f"| {name} | {calls / submits:g} | {cpu * 1e3 / submits:.2f} | {spent_wall * 1e3 / submits:.2f} |")
     server = process - client
     print("\n| CPU ms per submit | this process | of which the API (all but the client's thread) | PostgreSQL | Redis "
-          "| API + PostgreSQL + Redis | wall ms |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "| API + PostgreSQL + Redis | wall ms | reference loop ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {process * 1e3 / submits:.2f} | {server * 1e3 / submits:.2f} | {postgres * 1e3 / submits:.2f} "
-        f"| {redis * 1e3 / submits:.2f} | {(server + postgres + redis) * 1e3 / submits:.2f} | {wall * 1e3 / submits:.2f} |"
+        f"| {redis * 1e3 / submits:.2f} | {(server + postgres + redis) * 1e3 / submits:.2f} | {wall * 1e3 / submits:.2f} "
+        f"| {reference_loop_ms():.1f} |"
     )
 
 

@@ -112,7 +112,8 @@ def accept_job(
     job = _new_job(tenant_id, spec, digest, idempotency_key, settings.max_attempts)
     try:
         claimed = insert_and_claim(session, job, settings.limits.running_jobs_per_tenant)
-        session.commit()
+        if not session.info.get(AUTOCOMMIT):  # in autocommit it is committed already: nothing to send
+            session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert
         session.rollback()
         if idempotency_key is None:

@@ -65,6 +65,10 @@ PARAMETER_SPACE = [
 FDA_VARIANTS: list[tuple[str, dict[str, Any]]] = [  # besides `FDA` (method: fda with no parameters)
     ("FDA fast", {"preset": "fast"}),
     ("FDA thorough", {"preset": "thorough"}),
+    # the defaults' anchors (construction does not depend on them), other adaptation settings:
+    ("FDA row without task directions", {"task_directions": False}),
+    ("FDA 30 epochs", {"adaptation_epochs": 30}),
+    ("FDA tensor coefficients", {"coefficients": "tensor", "task_directions": False}),
 ]
 EXPLORE = {"anchors": 32, "tokens": 5, "construction_steps": 600, "adaptation_epochs": 100}  # one budget for all
 ROW_TASKS = {"coefficients": "row", "task_directions": True}
@@ -216,12 +220,16 @@ def main() -> None:
         roles |= fda(bench, only)
         if not args.no_ceiling:
             roles |= ceiling(bench, {}, 64, 16)
-    summary = bench.root / "summary.json"
+    summary, earlier = bench.kept / "summary.json", bench.root / "summary.json"
+    if earlier.exists() and not summary.exists():  # kept in the cache before results moved to bench/results
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        earlier.replace(summary)
     previous = json.loads(summary.read_text())["roles"] if summary.exists() else {}
     if args.part == "refine":
         roles |= refine(bench)
     found = {label: bench.outcome(label) for label in set(roles.values())}
     table(bench, roles, {k: v for k, v in found.items() if v is not None})
+    summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps({"roles": previous | roles}, indent=1))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from text_bench import CACHE, Outcome, bootstrap, interval  # noqa: E402
+from text_bench import RESULTS, Outcome, bootstrap, interval  # noqa: E402
 
 PARAMETER_SPACE_ROLES = (
     "linear", "model_stock", "TA", "TIES", "DARE-TIES", "breadcrumbs", "TSV", "WUDI", "Iso-C", "Iso-CTS", "ACE", "SVC",
@@ -26,7 +26,7 @@ PARAMETER_SPACE_ROLES = (
 
 
 def load_seed(suite: str, seed: int, train: int, test: int) -> tuple[dict[str, str], dict[str, Outcome]]:
-    root = CACHE / f"{suite}-train{train}-test{test}-seed{seed}"
+    root = RESULTS / f"{suite}-train{train}-test{test}-seed{seed}"
     roles = json.loads((root / "summary.json").read_text())["roles"]
     outcomes = {}
     for path in (root / "results").glob("*.json"):

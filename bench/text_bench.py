@@ -33,7 +33,9 @@ from measure import run_measured  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from text_tasks import TextTask  # noqa: E402
 
-CACHE = Path(__file__).resolve().parent / ".cache" / "text"
+CACHE = Path(__file__).resolve().parent / ".cache" / "text"  # experts, anchors, scratch: rebuilt from the seed
+RESULTS = Path(__file__).resolve().parent / "results" / "text"  # scores per merge: kept in git, so that seeds
+# measured in different sessions pool (quality_text_pooled.py) without re-running them
 MERGE_ONCE = Path(__file__).resolve().parent / "merge_once.py"
 MAX_LEN = 64
 BATCH = 128
@@ -127,6 +129,7 @@ class Bench:
 
         self.suite, self.seed = suite, seed
         self.root = CACHE / f"{suite}-train{train}-test{test}-seed{seed}"
+        self.kept = RESULTS / self.root.name  # results/*.json and summary.json (the roles)
         self.tok = AutoTokenizer.from_pretrained(base_path(), local_files_only=True)
         self.splits = [task.split(train, test, seed) for task in tasks]
         for part, wanted in [(0, train), (1, test), (2, test)]:
@@ -317,7 +320,11 @@ class Bench:
     # results ---------------------------------------------------------------------------------
     def _result_file(self, label: str) -> Path:
         slug = hashlib.sha256(label.encode()).hexdigest()[:16]
-        return self.root / "results" / f"{slug}.json"
+        path, earlier = self.kept / "results" / f"{slug}.json", self.root / "results" / f"{slug}.json"
+        if earlier.exists() and not path.exists():  # kept in the cache before results moved to bench/results
+            path.parent.mkdir(parents=True, exist_ok=True)
+            earlier.replace(path)
+        return path
 
     def outcome(self, label: str) -> Outcome | None:
         """The kept result under `label`, whatever its config."""

@@ -232,20 +232,24 @@ ROW = (
 )  # fmt: skip
 
 
-def _insert_job_and_event():
-    """INSERT the job (every column a parameter `new_<column>`) RETURNING its id and time, and its event
-    from that, in one statement (a data-modifying WITH: PostgreSQL)."""
-    columns = [*ROW, "metadata"]
-    job = (
-        insert(JOBS)
-        .values({name: bindparam(f"new_{name}", type_=JOBS.c[name].type) for name in columns})
-        .returning(JOBS.c.id, JOBS.c.created_at)
-        .cte("new_job")
-    )
+def _job_values() -> dict[str, BindParameter]:
+    """Every column of the new job a parameter `new_<column>`."""
+    return {name: bindparam(f"new_{name}", type_=JOBS.c[name].type) for name in [*ROW, "metadata"]}
+
+
+def _first_event(job):
+    """The job's first event (`queued`, at its created_at), inserted from the job's INSERT … RETURNING."""
     event = select(
         job.c.id, job.c.created_at, literal("status"), literal(0), literal("queued"), literal({}, EVENTS.c.data.type)
     )
     return insert(EVENTS).from_select(["job_id", "at", "kind", "attempt", "message", "data"], event)
+
+
+def _insert_job_and_event():
+    """INSERT the job RETURNING its id and time, and its event from that, in one statement (a
+    data-modifying WITH: PostgreSQL)."""
+    job = insert(JOBS).values(_job_values()).returning(JOBS.c.id, JOBS.c.created_at).cte("new_job")
+    return _first_event(job)
 
 
 INSERT_JOB_AND_EVENT = _insert_job_and_event()
@@ -261,27 +265,15 @@ def _insert_and_claim():
     tenant, window = bindparam("for_tenant"), bindparam("window")
     older = select(literal(1)).where(*waiting_where(tenant)).limit(window).subquery()
     fits = free_slots(tenant, window) - select(func.count()).select_from(older).scalar_subquery() > 0
-    values = {name: bindparam(f"new_{name}", type_=JOBS.c[name].type) for name in [*ROW, "metadata"]}
     job = (
         insert(JOBS)
-        .values({**values, "enqueued_at": case((fits, db_now()), else_=None)})
+        .values({**_job_values(), "enqueued_at": case((fits, db_now()), else_=None)})
         .returning(JOBS.c.id, JOBS.c.created_at, JOBS.c.enqueued_at)
         .cte("new_job")
     )
-    event = insert(EVENTS).from_select(
-        ["job_id", "at", "kind", "attempt", "message", "data"],
-        select(
-            job.c.id,
-            job.c.created_at,
-            literal("status"),
-            literal(0),
-            literal("queued"),
-            literal({}, EVENTS.c.data.type),
-        ),
-    )
     claimed = CLAIM_WINDOW.cte("claimed")
     sent_new = select(job.c.id, job.c.created_at).where(job.c.enqueued_at.is_not(None))
-    return select(claimed.c.id, claimed.c.created_at).union_all(sent_new).add_cte(event.cte("new_event"))
+    return select(claimed.c.id, claimed.c.created_at).union_all(sent_new).add_cte(_first_event(job).cte("new_event"))
 
 
 INSERT_AND_CLAIM = _insert_and_claim()
